@@ -566,14 +566,15 @@ class InterventionController:
     Flag file protocol (when ``flag_file`` is set). While at least one call is paused,
     the paused threads check the file every ``poll_interval`` seconds. The file must
     contain the single word ``continue`` or ``cancel`` (case and surrounding whitespace
-    ignored); then the controller renames it to ``<flag_file>.consumed`` (replacing an
+    ignored); the controller then renames it to ``<flag_file>.consumed`` (replacing an
     old one) and acts as if :meth:`resume` or :meth:`cancel` was called. The rename is
     what consumes it: if it fails (another process consumed it first) the flag is not
-    acted on here. Anything else in the file (including an empty file, as seen while a
-    writer is half way) is left alone and read again at the next poll, so write it
-    atomically: ``echo continue > F.tmp && mv F.tmp F``. A file already present when a
-    pause starts is acted on at once, so an operator may pre-arm ``cancel``. Use one
-    flag file per process: one that several processes poll is consumed by one of them.
+    acted on here. Anything else in the file (an empty file, as seen while a writer is
+    half way; another word; more than 64 bytes) is left alone and read again at the
+    next poll, so write it atomically: ``echo continue > F.tmp && mv F.tmp F``.
+    A file already present when a pause starts is acted on at once, so an operator may
+    pre-arm ``cancel``. Use one flag file per process: of several processes polling one
+    file, only one consumes each command.
 
     Args:
         flag_file: Path of the flag file, or None for API-only control.
