@@ -672,9 +672,13 @@ class InterventionController:
         self.resume()
         return "continue"
 
-    def _raise_if_cancelled(self, what: str, transfer: str | None, path: str | None) -> None:
+    def _raise_if_cancelled(
+        self, what: str, transfer: str | None, path: str | None, last: BaseException | None
+    ) -> None:
         if self.cancelled:
-            raise TransferCancelledError(f"{what}: cancelled", transfer=transfer, path=path)
+            raise TransferCancelledError(
+                f"{what}: cancelled", transfer=transfer, path=path
+            ) from last
 
     def _begin_pause(self) -> int:
         # Registered before on_pause runs, so a resume() issued as soon as the operator
@@ -776,18 +780,21 @@ def call_persistently(
         controller = InterventionController.from_policy(policy)
     counters = [s for s in (stats, controller.stats if controller else None) if s is not None]
 
-    def count(**kw: float) -> None:
+    def count(
+        *, attempts: int = 0, retries: int = 0, backoff: float = 0.0, pauses: int = 0
+    ) -> None:
         for s in counters:
-            s._add(**kw)  # type: ignore[arg-type]
+            s._add(attempts=attempts, retries=retries, backoff=backoff, pauses=pauses)
 
     clock = policy.clock
     round_no = 1
+    last: Exception | None = None
     while True:
         attempt = 0
         started = clock.monotonic()
         while True:
             if controller is not None:
-                controller._raise_if_cancelled(what, transfer, path)
+                controller._raise_if_cancelled(what, transfer, path, last)
             attempt += 1
             count(attempts=1, retries=1 if attempt > 1 else 0)
             try:
@@ -798,7 +805,7 @@ def call_persistently(
                     verdict is Disposition.OPERATOR and policy.mode == "fail"
                 ):
                     raise
-                last: Exception = exc
+                last = exc
             if verdict is Disposition.OPERATOR:
                 log.warning("retry: %s: %r needs an operator", what, last)
                 break

@@ -413,9 +413,10 @@ def test_cancelled_controller_stops_before_the_next_attempt():
         if event.attempt == calls_before_cancel:
             controller.cancel()
 
-    with pytest.raises(TransferCancelledError):
+    with pytest.raises(TransferCancelledError) as info:
         call_persistently(fn, policy=make_policy(clock), controller=controller, on_retry=on_retry)
     assert fn.calls == calls_before_cancel
+    assert isinstance(info.value.__cause__, OSError)  # the error it was backing off from
     fn2 = Flaky([])
     with pytest.raises(TransferCancelledError):
         call_persistently(fn2, policy=make_policy(clock), controller=controller)
