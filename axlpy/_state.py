@@ -72,11 +72,13 @@ TRANSITIONS: Mapping[TransferState, frozenset[TransferState]] = {
 
 _F = FileState
 FILE_TRANSITIONS: Mapping[FileState, frozenset[FileState]] = {
-    _F.PENDING: frozenset({_F.STAGING, _F.STAGED, _F.CANCELLED}),
+    # PENDING -> PUBLISHED is a directory: it has no bytes to stage.
+    _F.PENDING: frozenset({_F.STAGING, _F.STAGED, _F.PUBLISHED, _F.CANCELLED}),
     _F.STAGING: frozenset({_F.PENDING, _F.STAGING, _F.STAGED, _F.CANCELLED}),
     _F.STAGED: frozenset({_F.PENDING, _F.PUBLISHED, _F.CANCELLED}),
     # A published file that resume finds damaged goes back to PENDING and is recopied.
-    _F.PUBLISHED: frozenset({_F.PENDING}),
+    # Cancel removes what the transfer published (see docs/design.md).
+    _F.PUBLISHED: frozenset({_F.PENDING, _F.CANCELLED}),
     _F.CANCELLED: frozenset(),
 }
 

@@ -22,13 +22,21 @@ Ownership and ordering rules:
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from typing_extensions import Buffer
+
 import enum
 from abc import ABC, abstractmethod
-from collections.abc import Buffer
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
-__all__ = ["Completion", "IOOp", "IOQueue", "IORequest"]
+if TYPE_CHECKING:
+    # collections.abc.Buffer is 3.12+; the stub-only name costs nothing at run time.
+    from typing_extensions import Buffer
+
+__all__ = ["Completion", "IOOp", "IOQueue", "IORequest", "SubmitError", "as_memoryview"]
 
 
 class IOOp(enum.Enum):
@@ -69,6 +77,20 @@ class Completion:
         return -self.result if self.result < 0 else None
 
 
+class SubmitError(OSError):
+    """``submit()`` failed in the mechanism (not in our bookkeeping) part-way through a batch.
+
+    ``taken`` requests were handed to the mechanism and still complete (reap them);
+    ``dropped`` lists the requests it did not take: they moved no bytes, are no longer in
+    flight and may be resubmitted, here or on another queue. ``errno`` is the mechanism's.
+    """
+
+    def __init__(self, errno: int, message: str, *, taken: int, dropped: list[IORequest]) -> None:
+        super().__init__(errno, message)
+        self.taken = taken
+        self.dropped = dropped
+
+
 def as_memoryview(buf: Buffer) -> memoryview:
     """A flat byte view of ``buf`` (no copy)."""
     mv = memoryview(buf)
@@ -84,14 +106,27 @@ class IOQueue(ABC):
     thread_safe: ClassVar[bool] = False
 
     def prep_read(self, fd: int, buf: Buffer, offset: int, tag: object = None) -> IORequest:
-        """Record a read of ``len(buf)`` bytes at ``offset`` into ``buf``."""
-        req = IORequest(IOOp.READ, fd, as_memoryview(buf), offset, tag)
+        """Record a read of ``len(buf)`` bytes at ``offset`` into ``buf``.
+
+        Raises:
+            ValueError: ``buf`` is read-only or ``offset`` is negative (nothing recorded).
+            BlockingIOError: ``depth`` requests are already in flight (nothing recorded).
+        """
+        mv = as_memoryview(buf)
+        if mv.readonly:
+            raise ValueError("read buffer is read-only")
+        req = IORequest(IOOp.READ, fd, mv, _check_offset(offset), tag)
         self.prep(req)
         return req
 
     def prep_write(self, fd: int, buf: Buffer, offset: int, tag: object = None) -> IORequest:
-        """Record a write of ``buf`` at ``offset``."""
-        req = IORequest(IOOp.WRITE, fd, as_memoryview(buf), offset, tag)
+        """Record a write of ``buf`` at ``offset``.
+
+        Raises:
+            ValueError: ``offset`` is negative (nothing recorded).
+            BlockingIOError: ``depth`` requests are already in flight (nothing recorded).
+        """
+        req = IORequest(IOOp.WRITE, fd, as_memoryview(buf), _check_offset(offset), tag)
         self.prep(req)
         return req
 
@@ -100,9 +135,22 @@ class IOQueue(ABC):
         """Record an already-built request (the fallback wrapper uses this to move one)."""
         raise NotImplementedError  # pragma: no cover
 
+    def accepts(self, request: IORequest) -> bool:
+        """Could this queue run ``request``? The fallback wrapper asks before moving one.
+
+        Only says whether the mechanism can carry the request at all (an RDMA queue only
+        carries descriptors of its peer); it does not predict the IO's result.
+        """
+        return True
+
     @abstractmethod
     def submit(self) -> int:
-        """Hand every prepared request to the mechanism; return how many it took."""
+        """Hand every prepared request to the mechanism; return how many it took.
+
+        Raises:
+            SubmitError: the mechanism refused part of the batch; see its ``dropped``.
+            ValueError: the queue is closed.
+        """
         raise NotImplementedError  # pragma: no cover
 
     @abstractmethod
@@ -133,3 +181,9 @@ class IOQueue(ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _check_offset(offset: int) -> int:
+    if offset < 0:
+        raise ValueError(f"offset must be >= 0, got {offset}")
+    return offset

@@ -1,0 +1,66 @@
+"""axlpy: crash-safe, resumable checkpoint transfers with a SQLite journal.
+
+Layers, bottom up: ``_state`` (the transition table, no IO) -> ``_journal`` (SQLite,
+one transaction per transition) -> ``_staging`` (temp, fsync, rename, directory fsync)
+-> ``io`` (IO queues) -> ``engines`` (who drives the queues) -> ``_driver`` (the order of
+every write, fsync, rename and commit) -> ``_transfer`` (this public API) -> ``compat``
+(the ``AXL_*`` face) and ``cli``.
+"""
+
+from ._config import config, default_journal_path
+from ._driver import Progress
+from ._errors import (
+    AdmissionTimeoutError,
+    AxlError,
+    BackendUnavailableError,
+    BadSourceError,
+    ChecksumMismatchError,
+    InvalidTransitionError,
+    IOBackendError,
+    JournalError,
+    OwnershipError,
+    PublishError,
+    RetriesExhaustedError,
+    SecurityError,
+    SourceChangedError,
+    TransferCancelledError,
+    TransferError,
+    UsageError,
+)
+from ._sources import Limits
+from ._state import FileState, TransferState
+from ._transfer import FileStatus, Journal, Transfer, TransferStatus, TransferType, wait_all
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AdmissionTimeoutError",
+    "AxlError",
+    "BackendUnavailableError",
+    "BadSourceError",
+    "ChecksumMismatchError",
+    "FileState",
+    "FileStatus",
+    "IOBackendError",
+    "InvalidTransitionError",
+    "Journal",
+    "JournalError",
+    "Limits",
+    "OwnershipError",
+    "Progress",
+    "PublishError",
+    "RetriesExhaustedError",
+    "SecurityError",
+    "SourceChangedError",
+    "Transfer",
+    "TransferCancelledError",
+    "TransferError",
+    "TransferState",
+    "TransferStatus",
+    "TransferType",
+    "UsageError",
+    "__version__",
+    "config",
+    "default_journal_path",
+    "wait_all",
+]

@@ -1,0 +1,595 @@
+"""The journal: one SQLite file (through sqlite-utils) holding many transfers.
+
+Tables (schema version :data:`SCHEMA_VERSION` in ``PRAGMA user_version``, axlpy's
+``PRAGMA application_id`` :data:`APPLICATION_ID`):
+
+- ``transfers``: one row per transfer: unique ``name``, ``type``, ``state``, options (JSON),
+  the destination roots recorded at create time, owner (pid, host, process start time).
+- ``files``: one row per file, directory or symlink: ``src``, ``dst`` (BLOB: any byte
+  sequence a POSIX name can hold), the temp basename, size, mtime_ns, mode, CRC32C, state.
+- ``extents``: the CRC32C of each fixed-size extent of a file's temp as it became durable.
+- ``events``: append-only, one row per transition with a timestamp, so ``sqlite3 journal.db
+  "select * from events"`` answers "what happened to this transfer".
+
+Every state change is one transaction, committed (``synchronous=FULL`` in WAL mode, so a
+commit is durable when it returns) **before** the side effect it permits. If the process
+dies inside a transaction, SQLite rolls it back: the journal holds the previous state.
+Opening never recreates or overwrites an existing file that is not a valid journal.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import sqlite_utils
+
+from ._crashpoints import crash_point
+from ._errors import JournalError, OwnershipError, SecurityError
+from ._planted import planted
+from ._state import (
+    FileState,
+    TransferState,
+    check_file_transition,
+    check_transition,
+)
+
+__all__ = ["APPLICATION_ID", "SCHEMA_VERSION", "FileRow", "JournalDB", "Owner", "TransferRow"]
+
+SCHEMA_VERSION = 1
+APPLICATION_ID = 0x41584C50  # "AXLP"
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+@dataclass(frozen=True)
+class Owner:
+    """Who works on a transfer: a process on a host, identified beyond pid reuse."""
+
+    pid: int
+    host: str
+    start: str  # boot id + process start time, so a recycled pid is not mistaken for it
+
+    @classmethod
+    def me(cls) -> Owner:
+        return cls(os.getpid(), socket.gethostname(), _process_start(os.getpid()))
+
+    def alive(self) -> bool | None:
+        """True/False if decidable from here; None if it runs on another host."""
+        if self.host != socket.gethostname():
+            return None
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            pass  # exists, owned by someone else
+        return _process_start(self.pid) == self.start
+
+
+def _process_start(pid: int) -> str:
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            boot = f.read().strip()
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        return f"{boot}:{int(fields[19])}"
+    except (OSError, IndexError, ValueError):
+        return ""
+
+
+@dataclass
+class TransferRow:
+    id: int
+    name: str
+    type: str
+    state: TransferState
+    token: str
+    options: dict[str, Any]
+    created_ns: int
+    updated_ns: int
+    owner: Owner | None
+    error: str | None
+
+
+@dataclass
+class FileRow:
+    id: int
+    kind: str  # "file" | "dir" | "symlink"
+    src: bytes
+    dst: bytes
+    root: bytes  # the destination directory the user named; rel = dst below it
+    rel: bytes
+    tmp: bytes | None  # temp basename in dst's directory
+    size: int
+    mtime_ns: int
+    mode: int
+    uid: int
+    gid: int
+    link: bytes | None
+    crc32c: int | None
+    state: FileState
+    bytes_done: int
+    error: str | None
+
+
+_FILE_COLS = (
+    "id, kind, src, dst, root, rel, tmp, size, mtime_ns, mode, uid, gid, link, crc32c, "
+    "state, bytes_done, error"
+)
+
+
+def _file_row(r: Sequence[Any]) -> FileRow:
+    return FileRow(
+        r[0], r[1], bytes(r[2]), bytes(r[3]), bytes(r[4]), bytes(r[5]),
+        bytes(r[6]) if r[6] is not None else None, r[7], r[8], r[9], r[10], r[11],
+        bytes(r[12]) if r[12] is not None else None, r[13], FileState(r[14]), r[15], r[16],
+    )
+
+
+class JournalDB:
+    """A connection to one journal file, safe to share between threads (one lock).
+
+    Raises :class:`JournalError` (naming the file) for a file that is not an SQLite
+    database, is truncated or corrupt, has a foreign schema or a newer one. Creates the
+    file, mode 0600, only when ``path`` does not exist and ``create`` is set.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, create: bool = True,
+                 allow_shared: bool = False) -> None:
+        self.path = os.fspath(path)
+        self._lock = threading.RLock()
+        fresh = self._prepare_file(create, allow_shared)
+        try:
+            conn = sqlite3.connect(
+                self.path, isolation_level=None, check_same_thread=False, timeout=30
+            )
+        except sqlite3.Error as exc:
+            raise JournalError(f"cannot open journal {self.path!r}: {exc}") from exc
+        self.conn = conn
+        self.db = sqlite_utils.Database(conn)
+        try:
+            self._configure()
+            if fresh or self._is_empty():
+                self._create_schema()
+            else:
+                self._check_schema()
+        except sqlite3.DatabaseError as exc:
+            conn.close()
+            raise JournalError(
+                f"journal {self.path!r} is not a usable axlpy journal ({exc}); it was left "
+                "untouched — restore it or point --journal elsewhere"
+            ) from exc
+        except BaseException:
+            conn.close()
+            raise
+
+    # -- opening --------------------------------------------------------------------------
+
+    def _prepare_file(self, create: bool, allow_shared: bool) -> bool:
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            if not create:
+                raise JournalError(f"journal {self.path!r} does not exist") from None
+            parent = os.path.dirname(os.path.abspath(self.path))
+            os.makedirs(parent, mode=0o700, exist_ok=True)
+            _check_private(parent, "directory of journal", allow_shared)
+            try:
+                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
+                             0o600)
+            except FileExistsError:
+                return False  # created meanwhile by another process: check it like any other
+            os.close(fd)
+            return True
+        _check_private(os.path.dirname(os.path.abspath(self.path)), "directory of journal",
+                       allow_shared)
+        _check_private(self.path, "journal", allow_shared, st)
+        if st.st_size == 0:
+            # An empty file is what our own create leaves if we died before SQLite wrote;
+            # only then (no -wal beside it) is it safe to initialise.
+            if os.path.exists(self.path + "-wal"):
+                raise JournalError(f"journal {self.path!r} is empty but has a WAL file")
+            return True
+        with open(self.path, "rb") as f:
+            head = f.read(100)
+        if len(head) < 100 or not head.startswith(_SQLITE_MAGIC):
+            raise JournalError(
+                f"{self.path!r} is not an SQLite journal (bad header); it was left untouched"
+            )
+        return False
+
+    def _configure(self) -> None:
+        # A PRAGMA that fails does not raise until its result is fetched: read each back.
+        mode = self.conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise JournalError(f"journal {self.path!r}: cannot enable WAL (got {mode!r})")
+        level = "NORMAL" if planted("sync_normal") else "FULL"
+        self.conn.execute(f"PRAGMA synchronous={level}").fetchall()
+        got = self.conn.execute("PRAGMA synchronous").fetchone()[0]
+        if got != (1 if level == "NORMAL" else 2):
+            raise JournalError(f"journal {self.path!r}: synchronous={level} not applied")
+        self.conn.execute("PRAGMA foreign_keys=ON").fetchall()
+        self.conn.execute("PRAGMA busy_timeout=30000").fetchall()
+
+    def _is_empty(self) -> bool:
+        app = self.conn.execute("PRAGMA application_id").fetchone()[0]
+        ver = self.conn.execute("PRAGMA user_version").fetchone()[0]
+        return app == 0 and ver == 0 and not self.db.table_names()
+
+    def _create_schema(self) -> None:
+        db = self.db
+        with self._lock, db.atomic():
+            db["transfers"].create(
+                {
+                    "id": int, "name": str, "type": str, "state": str, "token": str,
+                    "options": str, "created_ns": int, "updated_ns": int,
+                    "owner_pid": int, "owner_host": str, "owner_start": str, "error": str,
+                },
+                pk="id", not_null={"name", "type", "state", "token", "options"},
+            )
+            db["transfers"].create_index(["name"], unique=True)
+            db["files"].create(
+                {
+                    "id": int, "transfer_id": int, "kind": str, "src": bytes, "dst": bytes,
+                    "root": bytes, "rel": bytes, "tmp": bytes, "size": int, "mtime_ns": int,
+                    "mode": int, "uid": int, "gid": int, "link": bytes, "crc32c": int,
+                    "state": str, "bytes_done": int, "error": str,
+                },
+                pk="id", foreign_keys=[("transfer_id", "transfers", "id")],
+                not_null={"transfer_id", "kind", "src", "dst", "root", "rel", "state"},
+                defaults={"bytes_done": 0},
+            )
+            db["files"].create_index(["transfer_id", "dst"], unique=True)
+            db["files"].create_index(["transfer_id", "state"])
+            db["extents"].create(
+                {"file_id": int, "idx": int, "length": int, "crc32c": int},
+                pk=("file_id", "idx"), foreign_keys=[("file_id", "files", "id")],
+            )
+            db["events"].create(
+                {
+                    "id": int, "transfer_id": int, "file_id": int, "ts_ns": int,
+                    "event": str, "from_state": str, "to_state": str, "detail": str,
+                    "pid": int,
+                },
+                pk="id", not_null={"transfer_id", "ts_ns", "event"},
+            )
+            db["events"].create_index(["transfer_id"])
+            db.execute(f"PRAGMA application_id={APPLICATION_ID}")
+            db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    def _check_schema(self) -> None:
+        app = self.conn.execute("PRAGMA application_id").fetchone()[0]
+        ver = self.conn.execute("PRAGMA user_version").fetchone()[0]
+        if app != APPLICATION_ID:
+            raise JournalError(
+                f"{self.path!r} is an SQLite database but not an axlpy journal "
+                f"(application_id {app:#x}); it was left untouched"
+            )
+        if ver > SCHEMA_VERSION:
+            raise JournalError(
+                f"journal {self.path!r} has schema version {ver}, newer than this axlpy "
+                f"understands ({SCHEMA_VERSION}); upgrade axlpy"
+            )
+        if ver < SCHEMA_VERSION:  # pragma: no cover - no older schema exists yet
+            raise JournalError(f"journal {self.path!r} has unknown old schema {ver}")
+        bad = self.conn.execute("PRAGMA quick_check").fetchall()
+        if bad != [("ok",)]:
+            raise JournalError(
+                f"journal {self.path!r} is corrupt: {'; '.join(str(r[0]) for r in bad[:3])}"
+            )
+        missing = {"transfers", "files", "extents", "events"} - set(self.db.table_names())
+        if missing:
+            raise JournalError(f"journal {self.path!r} lacks tables {sorted(missing)}")
+
+    def close(self) -> None:
+        with self._lock:
+            self.conn.close()
+
+    # -- transactions ---------------------------------------------------------------------
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite_utils.Database]:
+        """One durable transaction (under the connection lock)."""
+        with self._lock, self.db.atomic():
+            yield self.db
+
+    def _event(self, tid: int, event: str, *, file_id: int | None = None,
+               frm: str | None = None, to: str | None = None, detail: str | None = None,
+               ts: int | None = None) -> None:
+        self.db.execute(
+            "INSERT INTO events (transfer_id, file_id, ts_ns, event, from_state, to_state,"
+            " detail, pid) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (tid, file_id, ts or time.time_ns(), event, frm, to, detail, os.getpid()),
+        )
+
+    # -- transfers ------------------------------------------------------------------------
+
+    def create_transfer(self, name: str, type_: str, token: str,
+                        options: Mapping[str, Any]) -> int:
+        now = time.time_ns()
+        with self.transaction() as db:
+            if db.execute("SELECT 1 FROM transfers WHERE name = ?", (name,)).fetchone():
+                raise JournalError(f"a transfer named {name!r} already exists in {self.path!r}")
+            cur = db.execute(
+                "INSERT INTO transfers (name, type, state, token, options, created_ns,"
+                " updated_ns) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (name, type_, TransferState.CREATED.value, token,
+                 json.dumps(dict(options), sort_keys=True), now, now),
+            )
+            tid = int(cur.lastrowid or 0)
+            self._event(tid, "create", to=TransferState.CREATED.value, detail=type_, ts=now)
+        crash_point("create.after_commit")
+        return tid
+
+    def transfer(self, name: str) -> TransferRow | None:
+        with self._lock:
+            r = self.conn.execute(
+                "SELECT id, name, type, state, token, options, created_ns, updated_ns,"
+                " owner_pid, owner_host, owner_start, error FROM transfers WHERE name = ?",
+                (name,),
+            ).fetchone()
+        return _transfer_row(r) if r else None
+
+    def transfer_by_id(self, tid: int) -> TransferRow:
+        with self._lock:
+            r = self.conn.execute(
+                "SELECT id, name, type, state, token, options, created_ns, updated_ns,"
+                " owner_pid, owner_host, owner_start, error FROM transfers WHERE id = ?",
+                (tid,),
+            ).fetchone()
+        if r is None:
+            raise JournalError(f"transfer id {tid} vanished from journal {self.path!r}")
+        return _transfer_row(r)
+
+    def transfers(self) -> list[TransferRow]:
+        with self._lock:
+            rows = self.conn.execute(
+                "SELECT id, name, type, state, token, options, created_ns, updated_ns,"
+                " owner_pid, owner_host, owner_start, error FROM transfers ORDER BY id"
+            ).fetchall()
+        return [_transfer_row(r) for r in rows]
+
+    def set_state(self, tid: int, frm: TransferState, to: TransferState, *,
+                  event: str, detail: str | None = None, error: str | None = None,
+                  owner: Owner | None | bool = False, name: str = "",
+                  extra: Iterable[tuple[str, Sequence[Any]]] = ()) -> None:
+        """Move transfer ``tid`` from ``frm`` to ``to`` in one durable transaction.
+
+        ``owner`` False leaves the owner as is, None clears it, an Owner sets it.
+        ``extra`` statements run inside the same transaction. Raises JournalError if the
+        journal no longer holds ``frm`` (someone else moved it).
+        """
+        check_transition(frm, to, name)
+        now = time.time_ns()
+        with self.transaction() as db:
+            sets = "state = ?, updated_ns = ?, error = ?"
+            args: list[Any] = [to.value, now, error]
+            if owner is None:
+                sets += ", owner_pid = NULL, owner_host = NULL, owner_start = NULL"
+            elif isinstance(owner, Owner):
+                sets += ", owner_pid = ?, owner_host = ?, owner_start = ?"
+                args += [owner.pid, owner.host, owner.start]
+            cur = db.execute(
+                f"UPDATE transfers SET {sets} WHERE id = ? AND state = ?",
+                (*args, tid, frm.value),
+            )
+            if cur.rowcount != 1:
+                raise JournalError(
+                    f"transfer {name or tid!r} is no longer {frm.value} in {self.path!r}"
+                )
+            for sql, params in extra:
+                db.execute(sql, params)
+            self._event(tid, event, frm=frm.value, to=to.value, detail=detail or error, ts=now)
+
+    def claim(self, tid: int, name: str, *, force: bool = False) -> Owner:
+        """Make this process the owner of ``tid`` (durable), unless a live process owns it.
+
+        Raises :class:`OwnershipError` naming the owner. A dead owner's transfer, or (with
+        ``force``) one whose owner runs on another host, is taken over and the takeover
+        journaled as an event.
+        """
+        me = Owner.me()
+        with self.transaction() as db:
+            r = db.execute(
+                "SELECT owner_pid, owner_host, owner_start FROM transfers WHERE id = ?", (tid,)
+            ).fetchone()
+            if r and r[0] is not None:
+                cur = Owner(r[0], r[1], r[2] or "")
+                if cur != me:
+                    alive = cur.alive()
+                    if alive or (alive is None and not force):
+                        where = "" if alive else " (on another host; force=True takes over)"
+                        raise OwnershipError(
+                            f"transfer {name!r} is owned by live process pid {cur.pid} on "
+                            f"host {cur.host}{where}"
+                        )
+                    self._event(tid, "takeover", detail=f"from pid {cur.pid}@{cur.host}")
+            db.execute(
+                "UPDATE transfers SET owner_pid = ?, owner_host = ?, owner_start = ? "
+                "WHERE id = ?",
+                (me.pid, me.host, me.start, tid),
+            )
+        return me
+
+    def release(self, tid: int) -> None:
+        """Clear the owner (durable): any process may now resume or cancel."""
+        me = Owner.me()
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE transfers SET owner_pid = NULL, owner_host = NULL, owner_start = NULL"
+                " WHERE id = ? AND owner_pid = ? AND owner_host = ?",
+                (tid, me.pid, me.host),
+            )
+
+    def delete_transfer(self, tid: int) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "DELETE FROM extents WHERE file_id IN (SELECT id FROM files WHERE"
+                " transfer_id = ?)", (tid,),
+            )
+            db.execute("DELETE FROM files WHERE transfer_id = ?", (tid,))
+            db.execute("DELETE FROM events WHERE transfer_id = ?", (tid,))
+            db.execute("DELETE FROM transfers WHERE id = ?", (tid,))
+
+    def record_event(self, tid: int, event: str, detail: str | None = None,
+                     file_id: int | None = None) -> None:
+        with self.transaction():
+            self._event(tid, event, detail=detail, file_id=file_id)
+
+    def events(self, tid: int) -> list[dict[str, Any]]:
+        with self._lock:
+            return list(self.db.query(
+                "SELECT * FROM events WHERE transfer_id = ? ORDER BY id", [tid]
+            ))
+
+    # -- files ----------------------------------------------------------------------------
+
+    def add_files(self, tid: int, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Insert PENDING file rows for one ``add()`` in one transaction."""
+        with self.transaction() as db:
+            dup = None
+            for row in rows:
+                try:
+                    db.execute(
+                        "INSERT INTO files (transfer_id, kind, src, dst, root, rel, size,"
+                        " mtime_ns, mode, uid, gid, link, state) VALUES"
+                        " (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        (tid, row["kind"], row["src"], row["dst"], row["root"], row["rel"],
+                         row["size"], row["mtime_ns"], row["mode"], row["uid"], row["gid"],
+                         row.get("link"), FileState.PENDING.value),
+                    )
+                except sqlite3.IntegrityError:
+                    dup = row["dst"]
+                    break
+            if dup is not None:
+                from ._errors import UsageError
+
+                raise UsageError(
+                    f"destination {os.fsdecode(dup)!r} is added twice to this transfer"
+                )
+            self._event(tid, "add", detail=f"{len(rows)} entries")
+        crash_point("add.after_commit")
+
+    def files(self, tid: int, states: Iterable[FileState] | None = None) -> list[FileRow]:
+        with self._lock:
+            if states is None:
+                rows = self.conn.execute(
+                    f"SELECT {_FILE_COLS} FROM files WHERE transfer_id = ? ORDER BY id", (tid,)
+                ).fetchall()
+            else:
+                ss = [s.value for s in states]
+                q = ",".join("?" * len(ss))
+                rows = self.conn.execute(
+                    f"SELECT {_FILE_COLS} FROM files WHERE transfer_id = ? AND state IN ({q})"
+                    " ORDER BY id", (tid, *ss),
+                ).fetchall()
+        return [_file_row(r) for r in rows]
+
+    def set_files(self, tid: int, changes: Sequence[tuple[FileRow, FileState, Mapping[str, Any]]],
+                  event: str) -> None:
+        """Move many files in one transaction (group commit): ``(row, to, values)``.
+
+        ``values`` may set crc32c, size, mtime_ns, tmp, bytes_done, error. The in-memory
+        rows are updated only after the commit succeeds.
+        """
+        if not changes:
+            return
+        for row, to, _ in changes:
+            check_file_transition(row.state, to, os.fsdecode(row.dst))
+        now = time.time_ns()
+        with self.transaction() as db:
+            for row, to, values in changes:
+                cols = ["state = ?"]
+                args: list[Any] = [to.value]
+                for k, v in values.items():
+                    cols.append(f"{k} = ?")
+                    args.append(v)
+                cur = db.execute(
+                    f"UPDATE files SET {', '.join(cols)} WHERE id = ? AND state = ?",
+                    (*args, row.id, row.state.value),
+                )
+                if cur.rowcount != 1:
+                    raise JournalError(
+                        f"file {os.fsdecode(row.dst)!r} is no longer {row.state.value}"
+                    )
+                if to is FileState.PENDING:
+                    db.execute("DELETE FROM extents WHERE file_id = ?", (row.id,))
+            if len(changes) == 1:
+                row, to, values = changes[0]
+                self._event(tid, event, file_id=row.id, frm=row.state.value, to=to.value,
+                            detail=values.get("error"), ts=now)
+            else:
+                self._event(tid, event, detail=f"{len(changes)} files", ts=now)
+            db.execute("UPDATE transfers SET updated_ns = ? WHERE id = ?", (now, tid))
+        for row, to, values in changes:
+            row.state = to
+            for k, v in values.items():
+                setattr(row, k, v)
+
+    def add_extents(self, extents: Sequence[tuple[int, int, int, int, int]]) -> None:
+        """Journal verified extents ``(file_id, idx, length, crc32c, bytes_done)`` in one
+        transaction (group commit; a crash may lose the last group, never corrupt one)."""
+        if not extents:
+            return
+        with self.transaction() as db:
+            for fid, idx, length, crc, done in extents:
+                db.execute(
+                    "INSERT OR REPLACE INTO extents (file_id, idx, length, crc32c)"
+                    " VALUES (?, ?, ?, ?)", (fid, idx, length, crc),
+                )
+                db.execute("UPDATE files SET bytes_done = ? WHERE id = ?", (done, fid))
+        crash_point("stage.after_extent_commit")
+
+    def extents(self, file_id: int) -> list[tuple[int, int, int]]:
+        """``(idx, length, crc32c)`` of the journaled extents of a file, in order."""
+        with self._lock:
+            rows = self.conn.execute(
+                "SELECT idx, length, crc32c FROM extents WHERE file_id = ? ORDER BY idx",
+                (file_id,),
+            ).fetchall()
+        return [(r[0], r[1], r[2]) for r in rows]
+
+    def progress(self, tid: int) -> tuple[int, int, int, int]:
+        """``(bytes_done, bytes_total, files_done, files_total)`` as journaled."""
+        with self._lock:
+            r = self.conn.execute(
+                "SELECT COALESCE(SUM(CASE WHEN state IN ('STAGED','PUBLISHED') THEN size"
+                " ELSE bytes_done END), 0), COALESCE(SUM(size), 0),"
+                " SUM(state = 'PUBLISHED'), COUNT(*) FROM files"
+                " WHERE transfer_id = ? AND kind = 'file'", (tid,),
+            ).fetchone()
+        return int(r[0]), int(r[1]), int(r[2] or 0), int(r[3])
+
+
+def _transfer_row(r: Sequence[Any]) -> TransferRow:
+    owner = Owner(r[8], r[9], r[10] or "") if r[8] is not None else None
+    return TransferRow(r[0], r[1], r[2], TransferState(r[3]), r[4], json.loads(r[5]),
+                       r[6], r[7], owner, r[11])
+
+
+def _check_private(path: str, what: str, allow_shared: bool,
+                   st: os.stat_result | None = None) -> None:
+    """Refuse a journal (or its directory) that other users can write: whoever can edit
+    the journal chooses what a resume writes. Sticky world-writable dirs (like /tmp) are
+    still refused for the journal's directory: another user could plant the file."""
+    if allow_shared:
+        return
+    st = st or os.stat(path)
+    if st.st_mode & 0o022:
+        raise SecurityError(
+            f"{what} {path!r} is writable by other users (mode {st.st_mode & 0o777:o}); "
+            "anyone who can edit it can redirect writes. Use a private directory, or pass "
+            "allow_shared_journal=True (AXLPY_ALLOW_SHARED_JOURNAL=1) to accept the risk"
+        )
+    if st.st_uid not in (os.getuid(), 0):
+        raise SecurityError(
+            f"{what} {path!r} is owned by uid {st.st_uid}, not you (uid {os.getuid()})"
+        )

@@ -1,0 +1,178 @@
+"""Turn ``add(src, dst)`` into journal rows: a file, a symlink, or a whole tree.
+
+Walks iteratively (no recursion), with limits on entries and depth, and refuses what
+cannot be copied safely: FIFOs, sockets, devices, a source equal to or containing its
+destination. Symlinks follow the transfer's policy: ``copy`` (recreate the link),
+``follow`` (copy what it points to) or ``refuse``. Nothing is written to disk here.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from ._errors import BadSourceError, UsageError
+
+__all__ = ["Limits", "walk_source"]
+
+SYMLINK_POLICIES = ("copy", "follow", "refuse")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds on what one ``add()`` may enumerate (documented in docs/security.md)."""
+
+    max_entries: int = 2_000_000
+    max_depth: int = 512
+
+
+def _row(kind: str, src: bytes, dst: bytes, root: bytes, rel: bytes, st: os.stat_result,
+         link: bytes | None = None) -> dict[str, Any]:
+    size = st.st_size if kind == "file" else (len(link) if link is not None else 0)
+    return {
+        "kind": kind, "src": src, "dst": dst, "root": root, "rel": rel, "size": size,
+        "mtime_ns": st.st_mtime_ns, "mode": st.st_mode & 0o7777, "uid": st.st_uid,
+        "gid": st.st_gid, "link": link,
+    }
+
+
+def _check_name(p: bytes, what: str) -> None:
+    if b"\x00" in p:
+        raise UsageError(f"{what} path contains a NUL byte")
+    if not p:
+        raise UsageError(f"{what} path is empty")
+
+
+def _kind(st: os.stat_result, src: bytes) -> str:
+    m = st.st_mode
+    if stat.S_ISREG(m):
+        return "file"
+    if stat.S_ISDIR(m):
+        return "dir"
+    if stat.S_ISLNK(m):
+        return "symlink"
+    what = ("FIFO" if stat.S_ISFIFO(m) else "socket" if stat.S_ISSOCK(m)
+            else "device file" if (stat.S_ISCHR(m) or stat.S_ISBLK(m)) else "special file")
+    raise BadSourceError(f"source {os.fsdecode(src)!r} is a {what}; only regular files, "
+                         "directories and symlinks can be transferred")
+
+
+def walk_source(src: bytes, dst: bytes, *, symlinks: str = "copy",
+                limits: Limits = Limits()) -> Iterator[dict[str, Any]]:
+    """Yield journal rows for ``src`` -> ``dst`` (paths as bytes, absolute).
+
+    Raises :class:`BadSourceError` for a missing, unreadable or special source, a
+    destination that is an existing directory when the source is a file, or a destination
+    inside the source tree.
+    """
+    _check_name(src, "source")
+    _check_name(dst, "destination")
+    if symlinks not in SYMLINK_POLICIES:
+        raise UsageError(f"symlinks must be one of {SYMLINK_POLICIES}, not {symlinks!r}")
+    try:
+        st = os.lstat(src)
+    except FileNotFoundError:
+        raise BadSourceError(f"source {os.fsdecode(src)!r} does not exist") from None
+    except OSError as exc:
+        raise BadSourceError(f"source {os.fsdecode(src)!r}: {exc.strerror}") from exc
+    if stat.S_ISLNK(st.st_mode):
+        if symlinks == "refuse":
+            raise BadSourceError(f"source {os.fsdecode(src)!r} is a symlink and the "
+                                 "symlink policy is 'refuse'")
+        if symlinks == "follow":
+            try:
+                st = os.stat(src)
+            except OSError as exc:
+                raise BadSourceError(
+                    f"source {os.fsdecode(src)!r} is a dangling symlink") from exc
+            src = os.path.realpath(src)
+    kind = _kind(st, src)
+    _check_not_same(src, dst, kind)
+    root, base = os.path.split(dst)
+    if kind == "file":
+        _check_readable(src)
+        if os.path.isdir(dst):
+            raise BadSourceError(
+                f"destination {os.fsdecode(dst)!r} is an existing directory; name the file "
+                "to create inside it (e.g. dst/name)")
+        yield _row("file", src, dst, root, base, st)
+        return
+    if kind == "symlink":
+        yield _row("symlink", src, dst, root, base, st, os.readlink(src))
+        return
+    if os.path.exists(dst) and not os.path.isdir(dst):
+        raise BadSourceError(f"destination {os.fsdecode(dst)!r} exists and is not a "
+                             "directory, but the source is a directory")
+    yield from _walk_tree(src, dst, st, symlinks, limits)
+
+
+def _check_readable(src: bytes) -> None:
+    if not os.access(src, os.R_OK):
+        raise BadSourceError(f"source {os.fsdecode(src)!r} is not readable (permission "
+                             "denied)")
+
+
+def _check_not_same(src: bytes, dst: bytes, kind: str) -> None:
+    rs, rd = os.path.realpath(src), os.path.realpath(dst)
+    if rs == rd or (os.path.exists(dst) and os.path.samefile(src, dst)):
+        raise BadSourceError(f"source and destination are the same: {os.fsdecode(src)!r}")
+    if kind == "dir" and (rd + b"/").startswith(rs + b"/"):
+        raise BadSourceError(f"destination {os.fsdecode(dst)!r} is inside the source "
+                             f"directory {os.fsdecode(src)!r}")
+
+
+def _walk_tree(src: bytes, dst: bytes, st: os.stat_result, symlinks: str,
+               limits: Limits) -> Iterator[dict[str, Any]]:
+    count = 0
+    seen = {(st.st_dev, st.st_ino)}
+    # (source dir, relative path below the destination root, depth, dir stat)
+    stack: list[tuple[bytes, bytes, int, os.stat_result]] = [(src, b"", 0, st)]
+    while stack:
+        sdir, rel, depth, dst_st = stack.pop()
+        if depth > limits.max_depth:
+            raise BadSourceError(f"source tree {os.fsdecode(src)!r} is nested deeper than "
+                                 f"{limits.max_depth} levels")
+        yield _row("dir", sdir, os.path.join(dst, rel) if rel else dst, dst, rel, dst_st)
+        try:
+            entries = sorted(os.scandir(sdir), key=lambda e: e.name)
+        except OSError as exc:
+            raise BadSourceError(f"cannot list source directory {os.fsdecode(sdir)!r}: "
+                                 f"{exc.strerror}") from exc
+        subdirs = []
+        for e in entries:
+            count += 1
+            if count > limits.max_entries:
+                raise BadSourceError(f"source tree {os.fsdecode(src)!r} has more than "
+                                     f"{limits.max_entries} entries (Limits.max_entries)")
+            path = e.path
+            erel = os.path.join(rel, e.name) if rel else e.name
+            est = e.stat(follow_symlinks=False)
+            if stat.S_ISLNK(est.st_mode):
+                if symlinks == "refuse":
+                    raise BadSourceError(f"source {os.fsdecode(path)!r} is a symlink and "
+                                         "the symlink policy is 'refuse'")
+                if symlinks == "copy":
+                    yield _row("symlink", path, os.path.join(dst, erel), dst, erel, est,
+                               os.readlink(path))
+                    continue
+                try:
+                    est = os.stat(path)
+                except OSError as exc:
+                    raise BadSourceError(
+                        f"source {os.fsdecode(path)!r} is a dangling symlink") from exc
+                # Read through the link's target: sources are opened with O_NOFOLLOW.
+                path = os.path.realpath(path)
+            k = _kind(est, path)
+            if k == "dir":
+                key = (est.st_dev, est.st_ino)
+                if key in seen:
+                    raise BadSourceError(f"symlink loop at {os.fsdecode(path)!r}")
+                seen.add(key)
+                subdirs.append((path, erel, depth + 1, est))
+            else:
+                _check_readable(path)
+                yield _row("file", path, os.path.join(dst, erel), dst, erel, est)
+        stack.extend(reversed(subdirs))

@@ -1,0 +1,490 @@
+"""The Pythonic API: ``Journal`` holds transfers; ``Transfer`` is create/add/dispatch/
+test/wait/cancel/resume/free.
+
+Each public operation's docstring says what is on disk if it raises or the process dies
+during it. The short version: a destination path holds either what it held before or the
+complete, verified file, and ``Journal(path).open(name).resume()`` or ``.cancel()`` in a
+new process finishes the job from the journal alone.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ._config import default_journal_path, effective_options
+from ._driver import Driver, Progress, assign_temps, restat_sources
+from ._errors import (
+    AxlError,
+    InvalidTransitionError,
+    TransferCancelledError,
+    UsageError,
+)
+from ._journal import FileRow, JournalDB, TransferRow
+from ._sources import Limits, walk_source
+from ._state import FileState, TransferState
+from .engines import Engine, get_engine
+from .io import IOQueue, open_queue
+
+__all__ = ["FileStatus", "Journal", "Transfer", "TransferStatus", "TransferType"]
+
+_T = TransferState
+
+
+class TransferType(enum.StrEnum):
+    """How a transfer's bytes move. Stored in the journal; a resume uses the same type."""
+
+    #: the fastest engine available here, with fallback to a slower one
+    DEFAULT = "default"
+    #: copy in the caller's thread; ``dispatch()`` returns when done
+    SYNC = "sync"
+    #: worker threads in the background
+    PTHREAD = "pthread"
+    #: one background thread driving a deep io_uring queue
+    URING = "uring"
+
+
+@dataclass(frozen=True)
+class TransferStatus:
+    """A snapshot of one transfer, from the journal (and live counters if running here)."""
+
+    name: str
+    type: str
+    state: TransferState
+    files_done: int
+    files_total: int
+    bytes_done: int
+    bytes_total: int
+    rate: float
+    error: str | None
+    owner: str | None
+    created_ns: int
+    updated_ns: int
+    running: bool
+
+
+@dataclass(frozen=True)
+class FileStatus:
+    """One journal file row, for status displays."""
+
+    kind: str
+    src: str
+    dst: str
+    state: FileState
+    size: int
+    bytes_done: int
+    crc32c: int | None
+    error: str | None
+
+    @classmethod
+    def from_row(cls, r: FileRow) -> FileStatus:
+        return cls(r.kind, os.fsdecode(r.src), os.fsdecode(r.dst), r.state, r.size,
+                   r.size if r.state in (FileState.STAGED, FileState.PUBLISHED)
+                   else r.bytes_done, r.crc32c, r.error)
+
+
+def _fs(p: str | bytes | os.PathLike[str] | os.PathLike[bytes]) -> bytes:
+    b = os.fsencode(p)
+    if b"\x00" in b:
+        raise UsageError("path contains a NUL byte")
+    return os.path.abspath(b)
+
+
+# Transfers running in this process, by (journal, name): a second handle must not race.
+_RUNNING: dict[tuple[str, str], Transfer] = {}
+_RUNNING_LOCK = threading.Lock()
+
+
+class Journal:
+    """One journal file holding many transfers.
+
+    Opening checks the file: a non-SQLite file, a truncated or corrupt journal, a foreign
+    or newer schema raise :class:`~axlpy.JournalError` and the file is left untouched. A
+    missing file is created (mode 0600) unless ``create=False``.
+    """
+
+    def __init__(self, path: str | os.PathLike[str] | None = None, *, create: bool = True,
+                 allow_shared: bool | None = None) -> None:
+        self.path = os.path.abspath(os.fspath(path) if path is not None
+                                    else default_journal_path())
+        if allow_shared is None:
+            allow_shared = os.environ.get("AXLPY_ALLOW_SHARED_JOURNAL", "") == "1"
+        self.db = JournalDB(self.path, create=create, allow_shared=allow_shared)
+
+    def create(self, name: str, type: TransferType | str = TransferType.DEFAULT, *,
+               on_progress: Callable[[Progress], None] | None = None,
+               **options: Any) -> Transfer:
+        """Create an empty transfer named ``name`` (unique in this journal).
+
+        ``options`` override :func:`axlpy.config` defaults: ``move``, ``metadata``,
+        ``mkdirs``, ``symlinks`` (copy/follow/refuse), ``follow_dst_symlinks``,
+        ``chunk_size``, ``extent_size``, ``workers``, ``queue``, ``verify_published``.
+        On disk: one committed row, state CREATED; nothing else.
+        """
+        if not name or "\x00" in name:
+            raise UsageError("a transfer name must be a non-empty string without NUL")
+        ttype = _type_name(type)
+        get_engine(ttype)  # an unknown type fails now, not at dispatch
+        opts = effective_options(options)
+        opts["roots"] = []
+        tid = self.db.create_transfer(name, ttype, secrets.token_hex(4), opts)
+        return Transfer(self, self.db.transfer_by_id(tid), on_progress)
+
+    def open(self, name: str, *,
+             on_progress: Callable[[Progress], None] | None = None) -> Transfer:
+        """Open an existing transfer by name, whatever its type (read from the journal)."""
+        row = self.db.transfer(name)
+        if row is None:
+            raise UsageError(f"no transfer named {name!r} in journal {self.path!r}")
+        with _RUNNING_LOCK:
+            live = _RUNNING.get((self.path, name))
+        if live is not None:
+            return live
+        return Transfer(self, row, on_progress)
+
+    def transfers(self) -> list[TransferStatus]:
+        """Every transfer in the journal, oldest first."""
+        return [Transfer(self, r).status() for r in self.db.transfers()]
+
+    def names(self) -> list[str]:
+        return [r.name for r in self.db.transfers()]
+
+    def close(self) -> None:
+        self.db.close()
+
+    def __enter__(self) -> Journal:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _type_name(t: TransferType | str) -> str:
+    try:
+        return TransferType(str(t).lower()).value
+    except ValueError:
+        raise UsageError(
+            f"unknown transfer type {t!r}; choose from {[x.value for x in TransferType]}"
+        ) from None
+
+
+class Transfer:
+    """One transfer. Obtain it from :meth:`Journal.create` or :meth:`Journal.open`."""
+
+    def __init__(self, journal: Journal, row: TransferRow,
+                 on_progress: Callable[[Progress], None] | None = None) -> None:
+        self.journal = journal
+        self._row = row
+        self._on_progress = on_progress
+        self._progress: Progress | None = None
+        self._thread: threading.Thread | None = None
+        self._cancel = threading.Event()
+        self._done = threading.Event()
+        self._done.set()
+        self._error: BaseException | None = None
+        self._engine: Engine | None = None
+
+    # -- properties -----------------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        return self._row.name
+
+    @property
+    def type(self) -> str:
+        return self._row.type
+
+    @property
+    def state(self) -> TransferState:
+        """The state as committed in the journal now."""
+        return self.journal.db.transfer_by_id(self._row.id).state
+
+    @property
+    def running(self) -> bool:
+        return not self._done.is_set()
+
+    def _refresh(self) -> TransferRow:
+        self._row = self.journal.db.transfer_by_id(self._row.id)
+        return self._row
+
+    # -- add ------------------------------------------------------------------------------
+
+    def add(self, src: str | os.PathLike[str] | bytes, dst: str | os.PathLike[str] | bytes,
+            *, limits: Limits = Limits()) -> int:
+        """Add a file, a symlink or a directory tree (empty directories included).
+
+        ``dst`` is the full destination path (for a directory: the directory to create or
+        fill). Returns the number of entries added. On disk: nothing but one committed
+        transaction of PENDING rows — all of this add's entries or none of them.
+        Raises :class:`~axlpy.BadSourceError` for a missing, unreadable or special source,
+        a source equal to (or containing) its destination, or a file whose destination is
+        an existing directory; :class:`~axlpy.UsageError` for a destination added twice.
+        """
+        row = self._refresh()
+        if row.state is not _T.CREATED:
+            raise InvalidTransitionError(f"add to transfer {self.name!r}", row.state.value,
+                                         "add (only while CREATED)")
+        s, d = _fs(src), _fs(dst)
+        rows = list(walk_source(s, d, symlinks=row.options.get("symlinks", "copy"),
+                                limits=limits))
+        self.journal.db.add_files(row.id, rows)
+        root = os.fsdecode(rows[0]["root"])
+        roots: list[str] = row.options.setdefault("roots", [])
+        if root not in roots:
+            roots.append(root)
+            self._save_options(row)
+        return len(rows)
+
+    def _save_options(self, row: TransferRow) -> None:
+        import json
+
+        with self.journal.db.transaction() as db:
+            db.execute("UPDATE transfers SET options = ? WHERE id = ?",
+                       (json.dumps(row.options, sort_keys=True), row.id))
+
+    # -- dispatch -------------------------------------------------------------------------
+
+    def dispatch(self) -> None:
+        """Start copying. SYNC returns when done; background types return at once.
+
+        First, in one transaction: record each source's size and mtime, assign each file
+        its temp name, set the owner, and commit DISPATCHED. Then stage and publish (see
+        docs/design.md). If the process dies at any point after that commit, the journal
+        and the temps are enough to resume or cancel; no partial file is ever under a
+        final name. A source that vanished since add() raises BadSourceError and leaves
+        the transfer CREATED. A failure while copying journals FAILED (resumable).
+        """
+        row = self._refresh()
+        if row.state is not _T.CREATED:
+            raise InvalidTransitionError(f"transfer {self.name!r}", row.state.value,
+                                         _T.DISPATCHED.value)
+        files = self.journal.db.files(row.id)
+        if not files:
+            raise UsageError(f"transfer {self.name!r} has no files; add() some first")
+        extra = restat_sources(files) + assign_temps(files, row.token, row.id)
+        from ._journal import Owner
+
+        self.journal.db.set_state(row.id, _T.CREATED, _T.DISPATCHED, event="dispatch",
+                                  owner=Owner.me(), name=self.name, extra=extra)
+        from ._crashpoints import crash_point
+
+        crash_point("dispatch.after_commit")
+        self._start(lambda d: d.run())
+
+    def _driver(self) -> Driver:
+        row = self._refresh()
+        engine = get_engine(row.type)
+        self._engine = engine
+        b, bt, f, ft = self.journal.db.progress(row.id)
+        self._progress = Progress(bytes_total=bt, files_total=ft,
+                                  callback=self._on_progress)
+        qname = row.options.get("queue") or ""
+        depth = int(row.options.get("queue_depth", 64))
+
+        def make_queue() -> IOQueue:
+            return open_queue(qname or "posix", depth=depth)
+
+        return Driver(self.journal.db, row, engine, make_queue, self._progress,
+                      self._cancel)
+
+    def _start(self, body: Callable[[Driver], None]) -> None:
+        driver = self._driver()
+        key = (self.journal.path, self.name)
+        with _RUNNING_LOCK:
+            if key in _RUNNING and _RUNNING[key] is not self:
+                raise UsageError(f"transfer {self.name!r} is already running in this "
+                                 "process")
+            _RUNNING[key] = self
+        self._cancel.clear()
+        self._done.clear()
+        self._error = None
+
+        def target() -> None:
+            try:
+                body(driver)
+            except BaseException as exc:
+                self._error = exc
+            finally:
+                with _RUNNING_LOCK:
+                    _RUNNING.pop(key, None)
+                self._done.set()
+
+        if driver.engine.background:
+            self._thread = threading.Thread(target=target, name=f"axlpy:{self.name}",
+                                            daemon=True)
+            self._thread.start()
+        else:
+            target()
+            self._raise_error()
+
+    def _raise_error(self) -> None:
+        """Raise the background error exactly once (it is cleared before raising)."""
+        err, self._error = self._error, None
+        if err is not None:
+            raise err
+
+    # -- test / wait ----------------------------------------------------------------------
+
+    def test(self) -> bool:
+        """Never blocks. True once COMPLETED; False while running (or not started).
+
+        Raises the error that ended the transfer, exactly once (then returns False; the
+        journal says FAILED). Raises TransferCancelledError if it was cancelled.
+        """
+        if not self._done.is_set():
+            return False
+        self._raise_error()
+        state = self.state
+        if state is _T.CANCELLED:
+            raise TransferCancelledError(f"transfer {self.name!r} was cancelled",
+                                         transfer=self.name)
+        return state is _T.COMPLETED
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Block until the transfer ends, or raise TimeoutError after ``timeout`` seconds
+        (the transfer keeps running). Raises the transfer's error exactly once; returns
+        quietly for a CANCELLED transfer (unlike C AXL, so ``stop()`` works)."""
+        if not self._done.wait(timeout):
+            raise TimeoutError(f"transfer {self.name!r} still running after {timeout}s")
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        self._raise_error()
+        state = self.state
+        if state in (_T.DISPATCHED, _T.RENAMED, _T.CREATED, _T.PAUSED):
+            raise UsageError(f"transfer {self.name!r} is {state.value} and not running in "
+                             "this process; resume() it")
+
+    # -- resume / cancel / free -----------------------------------------------------------
+
+    def resume(self, *, force: bool = False) -> None:
+        """Finish a transfer after a crash or failure, from the journal alone.
+
+        Takes ownership (OwnershipError if another live process owns it; ``force`` takes
+        over one whose owner runs on another host), verifies every staged and published
+        file against its journaled size and CRC32C, redoes what it cannot trust (keeping
+        temps whose journaled extents verify), finishes renames and completes. A source
+        changed since dispatch fails the transfer naming the file. Returns like dispatch:
+        SYNC when done, background types at once. A COMPLETED transfer is left alone.
+        """
+        row = self._refresh()
+        if row.state is _T.COMPLETED:
+            return
+        if row.state in (_T.CREATED, _T.CANCELLED):
+            raise InvalidTransitionError(f"resume transfer {self.name!r}", row.state.value,
+                                         "resumed (dispatch it first)"
+                                         if row.state is _T.CREATED else "resumed")
+        if self.running:
+            raise UsageError(f"transfer {self.name!r} is running; wait() for it")
+        self.journal.db.claim(row.id, self.name, force=force)
+        if row.state in (_T.FAILED, _T.PAUSED):
+            self.journal.db.set_state(row.id, row.state, _T.DISPATCHED, event="resume",
+                                      name=self.name)
+        else:
+            self.journal.db.record_event(row.id, "resume", row.state.value)
+        from ._crashpoints import crash_point
+
+        crash_point("resume.after_takeover")
+        self._start(lambda d: d.recover())
+
+    def cancel(self, *, force: bool = False) -> None:
+        """Stop the transfer and undo it on disk; idempotent, safe after a crash.
+
+        Stops a running transfer here within about one chunk, then removes every temp
+        file it owns and every file it published (only if still byte-for-byte its own),
+        fsyncs the directories and commits CANCELLED. Sources are never touched. Once a
+        move-mode transfer is RENAMED (sources being deleted) cancel is refused: resume
+        it. If the process dies part-way, cancel again (or resume) finishes the job.
+        """
+        row = self._refresh()
+        if row.state is _T.CANCELLED:
+            return
+        if row.state is _T.COMPLETED:
+            raise InvalidTransitionError(f"cancel transfer {self.name!r}", row.state.value,
+                                         _T.CANCELLED.value)
+        if self.running:
+            self._cancel.set()
+            self._done.wait()
+            if self._thread is not None:
+                self._thread.join()
+                self._thread = None
+            err, self._error = self._error, None
+            if err is not None and not isinstance(err, TransferCancelledError):
+                # It failed on its own before noticing the cancel; cancel still applies.
+                pass
+        row = self._refresh()
+        if row.state is _T.CANCELLED:
+            return
+        if row.state is _T.CREATED:
+            self.journal.db.set_state(row.id, _T.CREATED, _T.CANCELLED, event="cancel",
+                                      name=self.name)
+            return
+        if row.state is _T.COMPLETED:
+            raise InvalidTransitionError(f"cancel transfer {self.name!r}", row.state.value,
+                                         _T.CANCELLED.value)
+        self.journal.db.claim(row.id, self.name, force=force)
+        self._driver().cancel_on_disk()
+
+    def stop(self) -> None:
+        """Cancel if running or unfinished, wait, and free. For AXL_Stop."""
+        state = self.state
+        if state not in (_T.COMPLETED, _T.CANCELLED):
+            self.cancel()
+        self.free()
+
+    def free(self) -> None:
+        """Remove the transfer's rows from the journal. Only when COMPLETED or CANCELLED
+        (or never dispatched); otherwise InvalidTransitionError, so a resumable transfer
+        is never forgotten."""
+        row = self._refresh()
+        if self.running:
+            raise UsageError(f"transfer {self.name!r} is running; wait() or cancel() first")
+        if row.state not in (_T.COMPLETED, _T.CANCELLED, _T.CREATED):
+            raise InvalidTransitionError(f"free transfer {self.name!r}", row.state.value,
+                                         "freed (only COMPLETED, CANCELLED or CREATED)")
+        self.journal.db.delete_transfer(row.id)
+
+    # -- inspection -----------------------------------------------------------------------
+
+    def status(self) -> TransferStatus:
+        """A snapshot: state and progress (live counters when running here)."""
+        row = self._refresh()
+        b, bt, f, ft = self.journal.db.progress(row.id)
+        rate = 0.0
+        p = self._progress
+        if p is not None and self.running:
+            b, f, rate = max(b, p.bytes_done), max(f, p.files_done), p.rate
+        owner = f"{row.owner.pid}@{row.owner.host}" if row.owner else None
+        return TransferStatus(row.name, row.type, row.state, f, ft, b, bt, rate, row.error,
+                              owner, row.created_ns, row.updated_ns, self.running)
+
+    def files(self) -> list[FileStatus]:
+        """Per-file detail from the journal."""
+        return [FileStatus.from_row(r) for r in self.journal.db.files(self._row.id)]
+
+    def events(self) -> list[dict[str, Any]]:
+        """The transfer's event log (oldest first)."""
+        return self.journal.db.events(self._row.id)
+
+    def __repr__(self) -> str:
+        return f"<Transfer {self.name!r} {self._row.type} {self._row.state.value}>"
+
+
+def wait_all(transfers: list[Transfer], timeout: float | None = None) -> None:
+    """Wait for several transfers; raise the first error after all have ended."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    first: AxlError | None = None
+    for t in transfers:
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        try:
+            t.wait(left)
+        except AxlError as exc:
+            first = first or exc
+    if first is not None:
+        raise first

@@ -1,0 +1,90 @@
+"""The engine seam: who moves the bytes of staged files, and on which threads.
+
+An engine gets a list of :class:`StageTask` (one per regular file to copy into its temp
+name) and yields a :class:`StageResult` for each file as it becomes durable in its temp
+(written, checksummed, fsynced). It never touches the journal's transfer state, never
+renames and never publishes: the transfer's driver does that, in one place, for every
+engine. So a new engine plugs in without touching the journal or the publish protocol.
+
+On disk if an engine raises or the process dies: temp files (private, recognisably named,
+recorded in the journal at dispatch) hold some prefix of their data; nothing is under a
+final name. Resume verifies or removes them; cancel removes them.
+"""
+
+from __future__ import annotations
+
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from .._journal import FileRow
+from ..io import IOQueue
+
+__all__ = ["Engine", "StageContext", "StageResult", "StageTask"]
+
+
+@dataclass
+class StageTask:
+    """Copy ``row.src`` into temp ``tmp`` in the directory ``dir_fd``.
+
+    ``resume_from`` bytes of an existing temp were verified against journaled extents and
+    are kept (``resume_crc`` is their CRC32C, ``next_extent`` the next extent index);
+    0 means start a fresh temp.
+    """
+
+    row: FileRow
+    dir_fd: int
+    tmp: bytes
+    resume_from: int = 0
+    resume_crc: int = 0
+    next_extent: int = 0
+
+
+@dataclass
+class StageResult:
+    task: StageTask
+    crc32c: int
+    size: int
+    #: bytes actually copied in this run (less than size after a verified mid-file resume)
+    copied: int
+
+
+@dataclass
+class StageContext:
+    """What every engine needs from the transfer, and nothing of its journal state."""
+
+    chunk_size: int
+    extent_size: int
+    copy_metadata: bool
+    open_queue: Callable[[], IOQueue]
+    #: journal verified extents ``(file_id, idx, length, crc32c, bytes_done)`` durably
+    commit_extents: Callable[[Sequence[tuple[int, int, int, int, int]]], None]
+    #: called with a byte count as data is written (thread-safe)
+    on_bytes: Callable[[int], None]
+    cancel: threading.Event = field(default_factory=threading.Event)
+    workers: int = 1
+    #: how to call one operation under the retry policy: ``retry(fn, what)``
+    retry: Callable[[Callable[[], int], str], int] = field(
+        default=lambda fn, what: fn()
+    )
+
+
+class Engine(ABC):
+    """Base of every engine."""
+
+    #: the transfer type name this engine serves ("sync", "pthread", "uring")
+    name: ClassVar[str] = ""
+    #: does the transfer run on a background thread (dispatch returns at once)?
+    background: ClassVar[bool] = False
+
+    @abstractmethod
+    def stage(self, tasks: Sequence[StageTask], ctx: StageContext) -> Iterator[StageResult]:
+        """Stage every task; yield each result once its temp is durable.
+
+        Stops early (raising :class:`~axlpy.TransferCancelledError`) when ``ctx.cancel``
+        is set, within about one chunk. Closing the iterator stops all work and releases
+        every thread, fd and buffer it holds.
+        """
+        raise NotImplementedError  # pragma: no cover

@@ -1,0 +1,27 @@
+"""SYNC: every file is copied in the caller's thread, one at a time (AXL_XFER_SYNC)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+from ._base import Engine, StageContext, StageResult, StageTask
+from ._copy import stage_file
+
+__all__ = ["SyncEngine"]
+
+
+class SyncEngine(Engine):
+    """Copies in the thread that calls ``dispatch()``; ``dispatch()`` returns when done."""
+
+    name = "sync"
+    background = False
+
+    def stage(self, tasks: Sequence[StageTask], ctx: StageContext) -> Iterator[StageResult]:
+        # One chunk-sized buffer, reused for every file: memory does not grow with size.
+        buf = bytearray(ctx.chunk_size)
+        queue = ctx.open_queue()
+        try:
+            for task in tasks:
+                yield stage_file(task, ctx, queue, buf)
+        finally:
+            queue.close()
