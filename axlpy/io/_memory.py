@@ -78,6 +78,10 @@ class MemoryFiles:
             self._get(fd)
             del self._files[fd]
 
+    def __contains__(self, fd: object) -> bool:
+        with self._lock:
+            return fd in self._files
+
     def bad_fd(self) -> int:
         """A descriptor that is not open (and never was)."""
         return self._FIRST_FD - 1
@@ -149,6 +153,10 @@ class MemoryIOQueue(IOQueue):
     def in_flight(self) -> int:
         with self._lock:
             return len(self._prepared) + len(self._submitted)
+
+    def accepts(self, request: IORequest) -> bool:
+        """Only descriptors of this queue's :class:`MemoryFiles` (never a real one)."""
+        return request.fd in self.files
 
     def prep(self, request: IORequest) -> None:
         with self._lock:
