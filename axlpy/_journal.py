@@ -227,7 +227,7 @@ class JournalDB:
     def _create_schema(self) -> None:
         db = self.db
         with self._lock, db.atomic():
-            db["transfers"].create(
+            db.table("transfers").create(
                 {
                     "id": int, "name": str, "type": str, "state": str, "token": str,
                     "options": str, "created_ns": int, "updated_ns": int,
@@ -235,8 +235,8 @@ class JournalDB:
                 },
                 pk="id", not_null={"name", "type", "state", "token", "options"},
             )
-            db["transfers"].create_index(["name"], unique=True)
-            db["files"].create(
+            db.table("transfers").create_index(["name"], unique=True)
+            db.table("files").create(
                 {
                     "id": int, "transfer_id": int, "kind": str, "src": bytes, "dst": bytes,
                     "root": bytes, "rel": bytes, "tmp": bytes, "size": int, "mtime_ns": int,
@@ -247,13 +247,13 @@ class JournalDB:
                 not_null={"transfer_id", "kind", "src", "dst", "root", "rel", "state"},
                 defaults={"bytes_done": 0},
             )
-            db["files"].create_index(["transfer_id", "dst"], unique=True)
-            db["files"].create_index(["transfer_id", "state"])
-            db["extents"].create(
+            db.table("files").create_index(["transfer_id", "dst"], unique=True)
+            db.table("files").create_index(["transfer_id", "state"])
+            db.table("extents").create(
                 {"file_id": int, "idx": int, "length": int, "crc32c": int},
                 pk=("file_id", "idx"), foreign_keys=[("file_id", "files", "id")],
             )
-            db["events"].create(
+            db.table("events").create(
                 {
                     "id": int, "transfer_id": int, "file_id": int, "ts_ns": int,
                     "event": str, "from_state": str, "to_state": str, "detail": str,
@@ -261,7 +261,7 @@ class JournalDB:
                 },
                 pk="id", not_null={"transfer_id", "ts_ns", "event"},
             )
-            db["events"].create_index(["transfer_id"])
+            db.table("events").create_index(["transfer_id"])
             db.execute(f"PRAGMA application_id={APPLICATION_ID}")
             db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
@@ -359,7 +359,7 @@ class JournalDB:
 
     def set_state(self, tid: int, frm: TransferState, to: TransferState, *,
                   event: str, detail: str | None = None, error: str | None = None,
-                  owner: Owner | None | bool = False, name: str = "",
+                  owner: Owner | bool | None = False, name: str = "",
                   extra: Iterable[tuple[str, Sequence[Any]]] = ()) -> None:
         """Move transfer ``tid`` from ``frm`` to ``to`` in one durable transaction.
 

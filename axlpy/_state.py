@@ -3,7 +3,7 @@
 Transfer:
 
 ```
-CREATED ──dispatch──> DISPATCHED ──all files published──> RENAMED ──sources deleted (move)──> COMPLETED
+CREATED ──dispatch──> DISPATCHED ──all published──> RENAMED ──sources deleted──> COMPLETED
    │                      │   ▲                               │
    │                      │   └── resume (after FAILED) ──┐   │
    ├──────cancel──────────┴──────> CANCELLED               │   └──cancel──> CANCELLED

@@ -216,7 +216,7 @@ class Transfer:
     # -- add ------------------------------------------------------------------------------
 
     def add(self, src: str | os.PathLike[str] | bytes, dst: str | os.PathLike[str] | bytes,
-            *, limits: Limits = Limits()) -> int:
+            *, limits: Limits | None = None) -> int:
         """Add a file, a symlink or a directory tree (empty directories included).
 
         ``dst`` is the full destination path (for a directory: the directory to create or
@@ -232,7 +232,7 @@ class Transfer:
                                          "add (only while CREATED)")
         s, d = _fs(src), _fs(dst)
         rows = list(walk_source(s, d, symlinks=row.options.get("symlinks", "copy"),
-                                limits=limits))
+                                limits=limits or Limits()))
         self.journal.db.add_files(row.id, rows)
         root = os.fsdecode(rows[0]["root"])
         roots: list[str] = row.options.setdefault("roots", [])
@@ -281,7 +281,7 @@ class Transfer:
         row = self._refresh()
         engine = get_engine(row.type)
         self._engine = engine
-        b, bt, f, ft = self.journal.db.progress(row.id)
+        _, bt, _, ft = self.journal.db.progress(row.id)
         self._progress = Progress(bytes_total=bt, files_total=ft,
                                   callback=self._on_progress)
         qname = row.options.get("queue") or ""

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -80,7 +80,9 @@ class Engine(ABC):
     background: ClassVar[bool] = False
 
     @abstractmethod
-    def stage(self, tasks: Sequence[StageTask], ctx: StageContext) -> Iterator[StageResult]:
+    def stage(
+        self, tasks: Sequence[StageTask], ctx: StageContext
+    ) -> Generator[StageResult, None, None]:
         """Stage every task; yield each result once its temp is durable.
 
         Stops early (raising :class:`~axlpy.TransferCancelledError`) when ``ctx.cancel``

@@ -20,8 +20,8 @@ from .._errors import (
     SourceChangedError,
     TransferCancelledError,
 )
-from .._staging import create_temp, fsync_fd
 from .._planted import planted
+from .._staging import create_temp, fsync_fd
 from ..io import IOQueue
 from ._base import StageContext, StageResult, StageTask
 
@@ -134,16 +134,18 @@ def stage_file(task: StageTask, ctx: StageContext, queue: IOQueue,
                 raise TransferCancelledError(f"cancelled while copying {path!r}", path=path)
             want = min(len(buf), row.size - offset, ext_start + ctx.extent_size - offset)
             chunk = mv[:want]
-            n = ctx.retry(lambda: queue_io(queue, False, src_fd, chunk, offset,
-                                           "read", os.fsdecode(row.src)), "read")
+            # The lambdas run at once (under the retry policy): binding by default
+            # arguments only keeps the linter sure of it.
+            n = ctx.retry(lambda c=chunk, o=offset: queue_io(  # type: ignore[misc]
+                queue, False, src_fd, c, o, "read", os.fsdecode(row.src)), "read")
             if n < want:
                 raise SourceChangedError(
                     f"source {os.fsdecode(row.src)!r} shrank while being copied",
                     path=os.fsdecode(row.src))
             crc = crc32c(chunk, crc)
             ext_crc = crc32c(chunk, ext_crc)
-            ctx.retry(lambda: queue_io(queue, True, tmp_fd, chunk, offset, "write", path),
-                      "write")
+            ctx.retry(lambda c=chunk, o=offset: queue_io(  # type: ignore[misc]
+                queue, True, tmp_fd, c, o, "write", path), "write")
             crash_point("stage.after_write")
             offset += n
             ctx.on_bytes(n)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Sequence
 
 from ._base import Engine, StageContext, StageResult, StageTask
 from ._copy import stage_file
@@ -16,7 +16,9 @@ class SyncEngine(Engine):
     name = "sync"
     background = False
 
-    def stage(self, tasks: Sequence[StageTask], ctx: StageContext) -> Iterator[StageResult]:
+    def stage(
+        self, tasks: Sequence[StageTask], ctx: StageContext
+    ) -> Generator[StageResult, None, None]:
         # One chunk-sized buffer, reused for every file: memory does not grow with size.
         buf = bytearray(ctx.chunk_size)
         queue = ctx.open_queue()

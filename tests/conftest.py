@@ -1,0 +1,61 @@
+"""Shared fixtures: a private journal directory, source trees on real files."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import axlpy
+
+
+@pytest.fixture
+def journal_path(tmp_path: Path) -> Path:
+    """A journal path in a private (0700) directory, as axlpy requires."""
+    d = tmp_path / "journal"
+    d.mkdir(mode=0o700)
+    return d / "journal.db"
+
+
+@pytest.fixture
+def journal(journal_path: Path) -> Iterator[axlpy.Journal]:
+    j = axlpy.Journal(journal_path)
+    yield j
+    j.close()
+
+
+def write_tree(root: Path, files: dict[str, bytes], empty_dirs: tuple[str, ...] = ()) -> None:
+    """Create ``files`` (relative path -> content) and empty directories under ``root``."""
+    for rel, data in files.items():
+        p = root / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(data)
+    for d in empty_dirs:
+        (root / d).mkdir(parents=True, exist_ok=True)
+
+
+def tree_bytes(root: Path) -> dict[str, bytes | None]:
+    """Every entry under ``root``: files -> content, directories -> None."""
+    out: dict[str, bytes | None] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for d in dirnames:
+            out[os.path.relpath(os.path.join(dirpath, d), root)] = None
+        for f in filenames:
+            p = os.path.join(dirpath, f)
+            with open(p, "rb") as fh:
+                out[os.path.relpath(p, root)] = fh.read()
+    return out
+
+
+def temp_files(root: Path) -> list[str]:
+    """axlpy temp files anywhere under ``root``."""
+    from axlpy._staging import TEMP_PATTERN
+
+    found = []
+    for dirpath, _, filenames in os.walk(root):
+        for f in filenames:
+            if TEMP_PATTERN.search(os.fsencode(f)):
+                found.append(os.path.join(dirpath, f))
+    return found
