@@ -288,12 +288,12 @@ class _PowerOps:
             self._preserve(ino, path)
         return ino
 
-    def _forget_link(self, parent: int, name: str) -> None:
+    def _forget_link(self, parent: int, name: str, *, removed: bool) -> None:
+        """Drop a live entry; ``removed`` when the inode goes too (not when it is renamed)."""
         ino = self._live[parent].pop(name)
-        node = self._nodes[ino]
-        node.links -= 1
-        if node.kind == "dir" and node.links == 0:
-            self._live.pop(ino, None)
+        self._nodes[ino].links -= 1
+        if removed and self._nodes[ino].kind == "dir":
+            del self._live[ino]  # rmdir'ed or replaced, so empty; its durable snapshot stays
 
     def _add_link(self, parent: int, name: str, ino: int) -> None:
         self._live[parent][name] = ino
@@ -473,7 +473,7 @@ class _PowerOps:
         if name not in self._live[parent]:
             raise OSError(errno.ENOENT, os.strerror(errno.ENOENT), path)
         os.rmdir(self._real(path))
-        self._forget_link(parent, name)
+        self._forget_link(parent, name, removed=True)
         return 0
 
     @_op
@@ -483,7 +483,7 @@ class _PowerOps:
             raise OSError(errno.ENOENT, os.strerror(errno.ENOENT), path)
         self._drop_link(parent, name, path)
         os.unlink(self._real(path))
-        self._forget_link(parent, name)
+        self._forget_link(parent, name, removed=True)
         return 0
 
     @_op
@@ -523,8 +523,8 @@ class _PowerOps:
             self._drop_link(new_parent, new_name, new)
         os.rename(self._real(old), self._real(new))
         if replaced is not None:
-            self._forget_link(new_parent, new_name)
-        self._forget_link(old_parent, old_name)
+            self._forget_link(new_parent, new_name, removed=True)
+        self._forget_link(old_parent, old_name, removed=False)
         self._add_link(new_parent, new_name, ino)
         return 0
 
@@ -746,19 +746,19 @@ class _ControlServer(threading.Thread):
         except Exception as exc:
             log.exception("powerfs: %s failed", command)
             answer = {"ok": False, "error": repr(exc)}
+        with contextlib.suppress(OSError):
+            conn.sendall(json.dumps(answer).encode() + b"\n")
         if command == "powercut" and answer["ok"]:
-            # Detach first, then die: closing /dev/fuse aborts the connection, so processes
-            # still holding files on the mount get errors instead of hanging.
+            # Detach, then die: closing /dev/fuse aborts the connection, so processes still
+            # holding files on the mount get errors instead of hanging.  The lazy unmount can
+            # end the FUSE loop at once; serve() then waits for us instead of exiting.
             subprocess.run(
                 ["fusermount3", "-u", "-z", str(self._mountpoint)], check=False, capture_output=True
             )
             self._ops.cleanup()
-            with contextlib.suppress(OSError):
-                conn.sendall(json.dumps(answer).encode() + b"\n")
             sys.stdout.flush()
             sys.stderr.flush()
             os._exit(0)
-        conn.sendall(json.dumps(answer).encode() + b"\n")
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
@@ -794,6 +794,7 @@ def serve(
     mount_path = Path(mountpoint).resolve()
     state_path = Path(state).resolve()
     state_path.mkdir(parents=True, exist_ok=True)
+    mount_path.mkdir(parents=True, exist_ok=True)
     os.umask(0)  # the kernel already applied the caller's umask
     ops = _PowerOps(backing_path, state_path)
     server = _ControlServer(ops, state_path / _CONTROL_NAME, mount_path)
@@ -810,6 +811,8 @@ def serve(
             default_permissions=True,
         )
     finally:
+        if ops.dead:
+            server.join(60)  # it exits the process once the cut is complete
         server.close()
         ops.cleanup()
         with contextlib.suppress(FileNotFoundError):
@@ -947,7 +950,10 @@ class PowerLossFS:
         """
         if not self.mounted:
             raise PowerFSError("power_cut() needs a mounted filesystem")
-        pending = power_cut(self.control, self.timeout)
+        try:
+            pending = power_cut(self.control, self.timeout)
+        except PowerFSError as exc:
+            raise PowerFSError(f"{exc}\n{self._log_tail()}") from exc
         self._wait_exit()
         return pending
 
