@@ -156,11 +156,14 @@ class JournalDB:
         self.conn = conn
         self.db = sqlite_utils.Database(conn)
         try:
-            self._configure()
-            if fresh or self._is_empty():
-                self._create_schema()
-            else:
+            # Check before configuring: turning WAL on rewrites the file header, and a
+            # file that is not ours must be left byte-for-byte untouched.
+            empty = fresh or self._is_empty()
+            if not empty:
                 self._check_schema()
+            self._configure()
+            if empty:
+                self._create_schema()
         except sqlite3.DatabaseError as exc:
             conn.close()
             raise JournalError(

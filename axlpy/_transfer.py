@@ -432,7 +432,10 @@ class Transfer:
         self._driver().cancel_on_disk()
 
     def stop(self) -> None:
-        """Cancel if running or unfinished, wait, and free. For AXL_Stop."""
+        """Cancel if running or unfinished, wait, and free. For AXL_Stop. A transfer that
+        another handle already freed is left alone."""
+        if self.journal.db.transfer(self.name) is None:
+            return
         state = self.state
         if state not in (_T.COMPLETED, _T.CANCELLED):
             self.cancel()
