@@ -129,9 +129,9 @@ MakeQueue = Callable[[], IOQueue]
 Check = Callable[[MakeQueue, TestFiles, int], None]
 
 
-def run_all(queue: IOQueue, requests: Iterable[IORequest] = (), timeout: float = TIMEOUT) -> dict[
-    IORequest, Completion
-]:
+def run_all(
+    queue: IOQueue, requests: Iterable[IORequest] = (), timeout: float = TIMEOUT
+) -> dict[IORequest, Completion]:
     """Submit what is prepared and reap until nothing is in flight; return completions by
     request. Fails (AssertionError) if a request completes twice or time runs out."""
     del requests  # they were prepared on ``queue`` already; kept for readability at call sites
@@ -182,10 +182,12 @@ def check_offsets(make_queue: MakeQueue, files: TestFiles, large: int) -> None:
             reqs = [q.prep_read(fd, b, off) for b, (off, _) in zip(bufs, parts, strict=True)]
             done = run_all(q, reqs)
             for r, b, (_, data) in zip(reqs, bufs, parts, strict=True):
-                assert done[r].result == len(data) and bytes(b) == data
+                assert done[r].result == len(data)
+                assert bytes(b) == data
             hole = bytearray(100)
             r = q.prep_read(fd, hole, 5000)
-            assert run_all(q, [r])[r].result == 100 and hole == bytes(100)
+            assert run_all(q, [r])[r].result == 100
+            assert hole == bytes(100)
     finally:
         files.close(fd)
 
@@ -285,7 +287,8 @@ def check_completion_order(make_queue: MakeQueue, files: TestFiles, large: int) 
             done = run_all(q, reqs)
             assert set(done) == set(reqs)
             for r in reqs:
-                assert done[r].request is r and done[r].result == 4096
+                assert done[r].request is r
+                assert done[r].result == 4096
                 assert r.backend, "the queue that ran a request must name itself"
             assert files.contents(fd) == b"".join(blocks)
             bufs = [bytearray(4096) for _ in range(n)]
@@ -293,7 +296,8 @@ def check_completion_order(make_queue: MakeQueue, files: TestFiles, large: int) 
             done = run_all(q, reqs)
             for c in done.values():
                 i = c.request.tag
-                assert isinstance(i, int) and bytes(bufs[i]) == blocks[i]
+                assert isinstance(i, int)
+                assert bytes(bufs[i]) == blocks[i]
     finally:
         files.close(fd)
 
@@ -304,7 +308,8 @@ def check_accounting(make_queue: MakeQueue, files: TestFiles, large: int) -> Non
     fd = files.open(_pattern(4096, 9))
     try:
         with _queue(make_queue) as q:
-            assert q.depth >= 1 and q.in_flight == 0
+            assert q.depth >= 1
+            assert q.in_flight == 0
             t0 = time.monotonic()
             assert q.reap(1, 0.05) == []
             assert q.reap(0) == []
@@ -319,7 +324,8 @@ def check_accounting(make_queue: MakeQueue, files: TestFiles, large: int) -> Non
                 raise AssertionError(f"{q.name}: prep past depth {q.depth} was accepted")
             assert q.in_flight == q.depth
             done = run_all(q, reqs)
-            assert len(done) == q.depth and q.in_flight == 0
+            assert len(done) == q.depth
+            assert q.in_flight == 0
             for _ in range(10):  # wrap the mechanism's rings a few times
                 reqs = [q.prep_read(fd, bytearray(64), 64 * i) for i in range(min(q.depth, 8))]
                 assert all(c.result == 64 for c in run_all(q, reqs).values())
@@ -332,10 +338,11 @@ def check_arguments(make_queue: MakeQueue, files: TestFiles, large: int) -> None
     fd = files.open(b"x")
     try:
         q = make_queue()
-        for bad_call in (
+        bad_calls: list[Callable[[], IORequest]] = [
             lambda: q.prep_read(fd, b"read-only bytes", 0),
             lambda: q.prep_write(fd, b"x", -1),
-        ):
+        ]
+        for bad_call in bad_calls:
             try:
                 bad_call()
             except ValueError:

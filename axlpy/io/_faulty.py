@@ -98,8 +98,7 @@ class FaultyIOQueue(IOQueue):
             position = self.seen + 1
             chosen = self._limit is None or self.injected < self._limit
             chosen = chosen and (
-                position in self._nth
-                or (self._predicate is not None and self._predicate(request))
+                position in self._nth or (self._predicate is not None and self._predicate(request))
             )
             if chosen and self._mode != "after":
                 request.backend = self.inner.name
@@ -124,9 +123,7 @@ class FaultyIOQueue(IOQueue):
         with self._lock:
             for req in held:
                 self._chosen.discard(req)
-        raise SubmitError(
-            self._errno, "injected submit failure", taken=taken, dropped=list(held)
-        )
+        raise SubmitError(self._errno, "injected submit failure", taken=taken, dropped=list(held))
 
     def reap(self, min_complete: int = 1, timeout: float | None = None) -> list[Completion]:
         with self._lock:

@@ -78,7 +78,8 @@ def load_liburing() -> ModuleType:
         )
     import liburing
 
-    return liburing
+    module: ModuleType = liburing
+    return module
 
 
 def _check_kernel() -> None:

@@ -1,0 +1,163 @@
+"""io_uring specifics the conformance suite does not reach: short writes on a full file
+system, reads from a pipe (GIL released while waiting), version refusal, close()."""
+
+from __future__ import annotations
+
+import errno
+import importlib.metadata
+import os
+import subprocess
+import threading
+import time
+
+import pytest
+
+from axlpy import BackendUnavailableError
+from axlpy.io import PosixIOQueue, probe_queue
+from axlpy.testing import run_all
+
+_URING = probe_queue("uring")
+requires_uring = pytest.mark.skipif(_URING is not None, reason=f"io_uring unavailable: {_URING}")
+pytestmark = [pytest.mark.requires_uring]
+
+
+def _uring(depth=8):
+    from axlpy.io._uring import UringIOQueue
+
+    return UringIOQueue(depth)
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A 1 MiB tmpfs, so a 3 MiB write runs out of space part-way (root only)."""
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    proc = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)],
+        capture_output=True,
+        check=False,
+    )
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs: {proc.stderr.decode().strip()}")
+    yield mnt
+    subprocess.run(["umount", str(mnt)], check=True)
+
+
+@pytest.mark.parametrize(
+    "make_queue",
+    [pytest.param(_uring, id="uring", marks=requires_uring), pytest.param(PosixIOQueue, id="posix")],
+)
+def test_write_that_fills_the_disk_is_an_error_not_short(small_tmpfs, make_queue):
+    fd = os.open(small_tmpfs / "big", os.O_RDWR | os.O_CREAT)
+    q = make_queue()
+    try:
+        data = os.urandom(3 << 20)
+        r = q.prep_write(fd, data, 0)
+        assert run_all(q, [r])[r].result == -errno.ENOSPC
+        size = os.fstat(fd).st_size
+        # The first, short write landed (that is what the kernel does); the queue went on
+        # with the remainder and reported the error instead of a short count.
+        assert 0 < size <= 1 << 20
+        assert os.pread(fd, size, 0) == data[:size]
+        assert q.in_flight == 0
+    finally:
+        q.close()
+        os.close(fd)
+
+
+@requires_uring
+def test_wait_releases_the_gil_and_wakes_on_completion():
+    rfd, wfd = os.pipe()
+    q = _uring()
+    try:
+        buf = bytearray(5)
+        r = q.prep_read(rfd, buf, 0)
+        q.submit()
+        got = []
+        waiter = threading.Thread(target=lambda: got.extend(q.reap(1, 10.0)))
+        t0 = time.monotonic()
+        waiter.start()
+        time.sleep(0.2)  # the waiter must be blocked in reap now, not holding the GIL
+        os.write(wfd, b"hello")
+        waiter.join(10)
+        assert not waiter.is_alive()
+        assert time.monotonic() - t0 < 5
+        assert [c.request for c in got] == [r]
+        assert got[0].result == 5
+        assert bytes(buf) == b"hello"
+    finally:
+        q.close()
+        os.close(rfd)
+        os.close(wfd)
+
+
+@requires_uring
+def test_reap_timeout_returns_what_is_done():
+    rfd, wfd = os.pipe()
+    q = _uring()
+    try:
+        r = q.prep_read(rfd, bytearray(1), 0)
+        q.submit()
+        t0 = time.monotonic()
+        assert q.reap(1, 0.1) == []
+        assert 0.05 < time.monotonic() - t0 < 5
+        assert q.in_flight == 1
+        os.write(wfd, b"!")
+        assert [c.request for c in q.reap(1, 10)] == [r]
+        assert q.in_flight == 0
+    finally:
+        q.close()
+        os.close(rfd)
+        os.close(wfd)
+
+
+@requires_uring
+def test_close_waits_for_requests_the_kernel_holds():
+    rfd, wfd = os.pipe()
+    q = _uring()
+    buf = bytearray(3)
+    q.prep_read(rfd, buf, 0)
+    q.submit()
+    threading.Timer(0.1, os.write, (wfd, b"abc")).start()
+    q.close()  # must not return while the kernel can still write into buf
+    assert bytes(buf) == b"abc"
+    os.close(rfd)
+    os.close(wfd)
+    with pytest.raises(ValueError, match="closed"):
+        q.submit()
+
+
+@requires_uring
+def test_depth_larger_than_batch_runs_concurrently(tmp_path):
+    """64 requests in flight at once on one ring, all correct."""
+    fd = os.open(tmp_path / "f", os.O_RDWR | os.O_CREAT)
+    q = _uring(64)
+    try:
+        blocks = [os.urandom(65536) for _ in range(64)]
+        reqs = [q.prep_write(fd, b, i * 65536) for i, b in enumerate(blocks)]
+        assert q.in_flight == 64
+        done = run_all(q, reqs)
+        assert all(done[r].result == 65536 for r in reqs)
+        assert os.pread(fd, 64 * 65536, 0) == b"".join(blocks)
+    finally:
+        q.close()
+        os.close(fd)
+
+
+def test_unsupported_liburing_version_is_refused(monkeypatch):
+    from axlpy.io import _uring
+
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: "2026.1.7")
+    with pytest.raises(BackendUnavailableError, match=r"2026\.1\.7.*axlpy\[uring\]"):
+        _uring.load_liburing()
+
+
+def test_missing_liburing_says_how_to_install(monkeypatch):
+    from axlpy.io import _uring
+
+    def missing(name):
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", missing)
+    with pytest.raises(BackendUnavailableError, match=r"pip install 'axlpy\[uring\]'"):
+        _uring.UringIOQueue(4)
