@@ -253,23 +253,38 @@ class _PowerOps:
         """Copy the current content of ``ino`` to objects/<ino>: it is now durable."""
         node = self._nodes[ino]
         tmp = self._objects / f"{ino}.tmp"
-        own_fd = fd is None
+        if fd is not None:
+            try:
+                self._copy_out(fd, tmp)
+            except OSError as exc:
+                # A write-only descriptor (O_RDWR was refused): read through the name instead.
+                if exc.errno != errno.EBADF or path is None:
+                    raise
+                fd = None
         if fd is None:
             if path is None:
                 raise OSError(errno.EBADF, "powerfs: nothing to copy from")
-            fd = os.open(self._real(path), os.O_RDONLY | os.O_NOFOLLOW)
-        try:
-            node.mode = stat.S_IMODE(os.fstat(fd).st_mode)
-            with open(tmp, "wb") as out:
-                offset = 0
-                while chunk := os.pread(fd, _COPY_CHUNK, offset):
-                    out.write(chunk)
-                    offset += len(chunk)
-        finally:
-            if own_fd:
-                os.close(fd)
+            own = os.open(self._real(path), os.O_RDONLY | os.O_NOFOLLOW)
+            try:
+                self._copy_out(own, tmp)
+            finally:
+                os.close(own)
+        node.mode = stat.S_IMODE(os.stat(tmp).st_mode)
         os.replace(tmp, self._objects / str(ino))
         node.saved, node.dirty = True, False
+
+    @staticmethod
+    def _copy_out(fd: int, dest: Path) -> None:
+        mode = stat.S_IMODE(os.fstat(fd).st_mode)
+        out = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+        try:
+            os.fchmod(out, mode)
+            offset = 0
+            while chunk := os.pread(fd, _COPY_CHUNK, offset):
+                os.write(out, chunk)  # a regular file on a local fs: never short
+                offset += len(chunk)
+        finally:
+            os.close(out)
 
     def _preserve(self, ino: int, path: str | None) -> None:
         """Keep mount-time content of ``ino`` before it is changed or loses its last name."""
@@ -630,7 +645,7 @@ class _PowerOps:
     def fsync(self, path: str | None, datasync: int, fh: int) -> int:
         # fdatasync counts as fsync: both make the data and the size durable, neither the name.
         handle = self._handles[fh]
-        self._save(handle.ino, fd=handle.fd)
+        self._save(handle.ino, fd=handle.fd, path=path)
         return 0
 
     @_op
@@ -793,6 +808,9 @@ def serve(
     backing_path = Path(backing).resolve()
     mount_path = Path(mountpoint).resolve()
     state_path = Path(state).resolve()
+    for inner, what in ((state_path, "state"), (mount_path, "mountpoint")):
+        if inner == backing_path or backing_path in inner.parents:
+            raise PowerFSError(f"the {what} directory {inner} must not be inside {backing_path}")
     state_path.mkdir(parents=True, exist_ok=True)
     mount_path.mkdir(parents=True, exist_ok=True)
     os.umask(0)  # the kernel already applied the caller's umask
@@ -973,12 +991,15 @@ class PowerLossFS:
                 ["fusermount3", "-u", str(self.mountpoint)], check=False, capture_output=True
             )
             if done.returncode != 0:
+                # Busy: detach, and end the FUSE loop with SIGTERM (libfuse's handler), which
+                # closes /dev/fuse so the remaining open files fail instead of pinning us.
                 log.warning("powerfs: clean unmount failed: %s", done.stderr.decode().strip())
                 subprocess.run(
                     ["fusermount3", "-u", "-z", str(self.mountpoint)],
                     check=False,
                     capture_output=True,
                 )
+                self._proc.send_signal(signal.SIGTERM)
             self._wait_exit()
         if self._own_state and not keep_state:
             shutil.rmtree(self.state, ignore_errors=True)

@@ -386,6 +386,21 @@ def test_clean_unmount_keeps_unsynced_data_and_leaves_no_process(backing: Path, 
     assert not fs.state.exists()
 
 
+def test_busy_unmount_still_stops_the_daemon(backing: Path, mnt: Path) -> None:
+    fs = PowerLossFS(backing, mnt)
+    fs.mount()
+    fd = os.open(mnt / "f", os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, b"kept")
+        fs.unmount()  # EBUSY: falls back to a lazy unmount and SIGTERM
+        assert not os.path.ismount(mnt)
+        assert powerfs_pids(mnt) == []
+    finally:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    assert tree(backing) == {"f": b"kept"}
+
+
 def test_power_cut_detaches_and_open_files_fail(fs: PowerLossFS, backing: Path, mnt: Path) -> None:
     pid = fs.pid
     fd = os.open(mnt / "f", os.O_WRONLY | os.O_CREAT, 0o644)
