@@ -316,7 +316,8 @@ _SQLITE_WORKER = textwrap.dedent(
     """
     import sqlite3, sys, time
     con = sqlite3.connect(sys.argv[1], isolation_level=None)
-    assert con.execute("PRAGMA journal_mode=WAL").fetchone()[0] == "wal"
+    mode = sys.argv[4]
+    assert con.execute("PRAGMA journal_mode=" + mode).fetchone()[0] == mode.lower()
     con.execute("PRAGMA synchronous=" + sys.argv[2])
     con.execute("CREATE TABLE t(x INTEGER)")
     for i in range(int(sys.argv[3])):
@@ -341,19 +342,28 @@ def sqlite_rows(db: Path) -> int | None:
 
 
 @pytest.mark.parametrize(
-    ("synchronous", "cut", "survivors"),
+    ("journal_mode", "synchronous", "cut", "survivors"),
     [
-        ("FULL", True, 5),
-        ("NORMAL", False, 5),  # kill -9 alone: the page cache keeps NORMAL's commits
-        ("NORMAL", True, None),  # power loss: WAL frames were never fsynced, all commits lost
+        ("WAL", "FULL", True, 5),
+        ("WAL", "NORMAL", False, 5),  # kill -9 alone: the page cache keeps NORMAL's commits
+        ("WAL", "NORMAL", True, None),  # power loss: WAL frames never fsynced, all commits lost
+        # Rollback journal: SQLite fsyncs the directory after deleting the journal only with
+        # EXTRA, so with FULL the hot journal comes back and rolls the last commit back.
+        ("DELETE", "FULL", True, 4),
+        ("DELETE", "EXTRA", True, 5),
     ],
 )
-def test_sqlite_wal_commits_after_power_cut(
-    fs: PowerLossFS, mnt: Path, synchronous: str, cut: bool, survivors: int | None
+def test_sqlite_commits_after_power_cut(
+    fs: PowerLossFS,
+    mnt: Path,
+    journal_mode: str,
+    synchronous: str,
+    cut: bool,
+    survivors: int | None,
 ) -> None:
     db = mnt / "journal.db"
     worker = subprocess.Popen(
-        [sys.executable, "-c", _SQLITE_WORKER, str(db), synchronous, "5"],
+        [sys.executable, "-c", _SQLITE_WORKER, str(db), synchronous, "5", journal_mode],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
