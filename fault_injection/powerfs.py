@@ -92,7 +92,6 @@ _DIR_FH_BASE: Final = 1 << 40  # directory handles never collide with backing fi
 _COPY_CHUNK: Final = 1 << 20
 _RENAME_NOREPLACE: Final = 1
 _CONTROL_NAME: Final = "control.sock"
-_STATE_SUBDIRS: Final = ("objects", "rebuild")
 
 Kind = Literal["file", "dir", "symlink"]
 
@@ -216,6 +215,7 @@ class _PowerOps:
             node = self._nodes[ino]
             if node.links == 0 and ino not in referenced:
                 del self._nodes[ino]
+                continue
             node.preexisting, node.saved, node.dirty = True, False, False
         shutil.rmtree(self._objects)
         self._objects.mkdir()
