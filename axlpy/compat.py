@@ -120,6 +120,11 @@ def _guard(fn: Callable[[], int]) -> int:
         return _fail(exc)
 
 
+def _call(id: int, verb: str, *args: Any) -> int:
+    getattr(_get(id), verb)(*args)
+    return AXL_SUCCESS
+
+
 def _get(id: int) -> Transfer:
     t = _transfers.get(id)
     if t is None:
@@ -214,12 +219,12 @@ def AXL_Create(xtype: int, name: str, state_file: str | None = None) -> int:
 
 def AXL_Add(id: int, src: str, dst: str) -> int:
     """Add a file or directory tree to a transfer that was not dispatched yet."""
-    return _guard(lambda: (_get(id).add(src, dst), AXL_SUCCESS)[1])
+    return _guard(lambda: _call(id, "add", src, dst))
 
 
 def AXL_Dispatch(id: int) -> int:
     """Start the transfer (SYNC: returns when done)."""
-    return _guard(lambda: (_get(id).dispatch(), AXL_SUCCESS)[1])
+    return _guard(lambda: _call(id, "dispatch"))
 
 
 def AXL_Test(id: int) -> int:
@@ -254,7 +259,7 @@ def AXL_Wait(id: int) -> int:
 
 def AXL_Cancel(id: int) -> int:
     """Cancel: stop, remove temps and anything published, journal CANCELLED."""
-    return _guard(lambda: (_get(id).cancel(), AXL_SUCCESS)[1])
+    return _guard(lambda: _call(id, "cancel"))
 
 
 def AXL_Free(id: int) -> int:
@@ -270,7 +275,7 @@ def AXL_Free(id: int) -> int:
 
 def AXL_Resume(id: int) -> int:
     """Resume a transfer opened with AXL_XFER_STATE_FILE (or one that failed)."""
-    return _guard(lambda: (_get(id).resume(), AXL_SUCCESS)[1])
+    return _guard(lambda: _call(id, "resume"))
 
 
 def AXL_Stop() -> int:
