@@ -7,8 +7,7 @@ CREATED ──dispatch──> DISPATCHED ──all published──> RENAMED ─�
    │                      │   ▲                               │
    │                      │   └── resume (after FAILED) ──┐   │
    ├──────cancel──────────┴──────> CANCELLED               │   └──cancel──> CANCELLED
-   │                      └──────> FAILED ──resume─────────┘
-   └──────> FAILED (dispatch refused: bad source)
+                          └──────> FAILED ──resume─────────┘
 ```
 
 Files: PENDING -> STAGING -> STAGED -> PUBLISHED, each may go back to PENDING when a resume
@@ -57,7 +56,9 @@ class FileState(enum.StrEnum):
 
 _T = TransferState
 TRANSITIONS: Mapping[TransferState, frozenset[TransferState]] = {
-    _T.CREATED: frozenset({_T.DISPATCHED, _T.CANCELLED, _T.FAILED}),
+    # A refused dispatch (bad source) stays CREATED: FAILED is only reachable after
+    # DISPATCHED, so no path reaches RENAMED without dispatching.
+    _T.CREATED: frozenset({_T.DISPATCHED, _T.CANCELLED}),
     # DISPATCHED -> DISPATCHED is a resume taking over a crashed dispatch.
     _T.DISPATCHED: frozenset(
         {_T.DISPATCHED, _T.RENAMED, _T.CANCELLED, _T.FAILED, _T.PAUSED}
