@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import errno as _errno
 import os
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -35,7 +36,7 @@ from ._errors import (
 )
 from ._journal import FileRow, JournalDB, TransferRow
 from ._planted import planted
-from ._staging import DirCache, fsync_dir, fsync_fd, unlink_quiet
+from ._staging import DirCache, check_staged, fsync_dir, fsync_fd, same_entry, unlink_quiet
 from ._state import FileState, TransferState
 from .engines import Engine, StageContext, StageResult, StageTask
 from .io import IOQueue
@@ -108,6 +109,7 @@ class Driver:
         self.progress = progress
         self.cancel_event = cancel or threading.Event()
         self.retry = retry
+        self._owners: tuple[int, ...] | None = None
 
     # -- helpers ------------------------------------------------------------------------
 
@@ -123,19 +125,39 @@ class Driver:
                         follow_symlinks=bool(self.opts.get("follow_dst_symlinks", False)))
 
     def _check_inside_roots(self, row: FileRow) -> None:
-        """A journal row must not escape the destination roots recorded at create time."""
-        rel = row.rel
-        if rel.startswith(b"/") or b".." in rel.split(b"/"):
-            raise SecurityError(f"journal row for {os.fsdecode(row.dst)!r} escapes its "
-                                "destination root; refusing to write")
-        expect = os.path.join(row.root, rel) if rel else row.root
+        """A journal row must not escape the destination roots recorded at create time.
+
+        Whoever edits the journal chooses what a resume writes, so every row is checked
+        before anything is written for it: its root is one recorded by ``add()``, absolute
+        and normalised; ``rel`` is relative with no empty, ``.`` or ``..`` component;
+        ``dst`` is exactly ``root/rel``; its temp name is the one this transfer assigns
+        (a basename, never a path). Symlinked parents below the root are refused when the
+        directories are opened (:class:`DirCache`). Raises :class:`SecurityError`.
+        """
+        rel, root = row.rel, row.root
+        where = f"journal row {row.id} ({os.fsdecode(row.dst)!r})"
+        parts = rel.split(b"/") if rel else []
+        if (rel.startswith(b"/") or any(p in (b"", b".", b"..") for p in parts)
+                or (row.kind != "dir" and not parts)):
+            raise SecurityError(f"{where} escapes its destination root (relative path "
+                                f"{os.fsdecode(rel)!r}); refusing to write")
+        if not root.startswith(b"/") or os.path.normpath(root) != root:
+            raise SecurityError(f"{where} has a destination root that is not an absolute "
+                                "normalised path; refusing to write")
+        expect = os.path.join(root, rel) if rel else root
         if expect != row.dst:
-            raise SecurityError(f"journal row for {os.fsdecode(row.dst)!r} does not match "
-                                "its root and relative path; refusing to write")
-        roots = self.opts.get("roots")
-        if roots is not None and os.fsdecode(row.root) not in roots:
-            raise SecurityError(f"journal row for {os.fsdecode(row.dst)!r} is outside the "
-                                "destination roots recorded at create time")
+            raise SecurityError(f"{where} does not match its root and relative path; "
+                                "refusing to write")
+        roots = self.opts.get("roots") or []
+        if os.fsdecode(root) not in roots:
+            raise SecurityError(f"{where} is outside the destination roots recorded at "
+                                "create time; refusing to write")
+        if row.kind != "dir" and row.tmp is not None:
+            from ._staging import temp_name
+
+            if row.tmp != temp_name(parts[-1], self.t.token, self.t.id, row.id):
+                raise SecurityError(f"{where} has a temp name that is not the one this "
+                                    "transfer assigns; refusing to write")
 
     # -- run ------------------------------------------------------------------------------
 
@@ -237,7 +259,11 @@ class Driver:
         t = self._task(dirs, r)
         assert r.link is not None
         unlink_quiet(t.dir_fd, t.tmp)
-        os.symlink(r.link, t.tmp, dir_fd=t.dir_fd)
+        try:
+            os.symlink(r.link, t.tmp, dir_fd=t.dir_fd)
+        except FileExistsError as exc:
+            raise SecurityError(f"temp name {os.fsdecode(t.tmp)!r} was recreated by someone "
+                                "else while being replaced; refusing to use it") from exc
         crash_point("stage.after_create_temp")
         return StageResult(t, crc32c(r.link), len(r.link), len(r.link))
 
@@ -249,16 +275,32 @@ class Driver:
         if not already_staged and not bad_order:
             self._commit_staged(group)
         touched: dict[int, None] = {}
+        owners = self._temp_owners()
         for res in group:
             t = res.task
             _, name = _dir_and_name(t.row.rel)
             try:
+                # The temp must still be ours (not swapped for a symlink or another file)
+                # just before the rename, and the final name must be that inode after it.
+                st = check_staged(t.dir_fd, t.tmp, kind=t.row.kind, size=res.size,
+                                  link=t.row.link, owners=owners)
                 os.rename(t.tmp, name, src_dir_fd=t.dir_fd, dst_dir_fd=t.dir_fd)
+            except SecurityError as exc:
+                exc.add_note(f"transfer {self.t.name!r}, file {os.fsdecode(t.row.dst)!r}")
+                raise
             except OSError as exc:
                 raise PublishError(
                     f"cannot rename staged file into {os.fsdecode(t.row.dst)!r}: "
                     f"{exc.strerror}", transfer=self.t.name, path=os.fsdecode(t.row.dst)
                 ) from exc
+            if not same_entry(t.dir_fd, name, st):
+                # Swapped in the instant between the check and the rename: what now holds
+                # the final name is not our data. Remove it so no foreign or partial file
+                # stays under the final name; resume restages this file.
+                unlink_quiet(t.dir_fd, name)
+                raise SecurityError(
+                    f"temp of {os.fsdecode(t.row.dst)!r} was replaced by someone else while "
+                    "being published; the foreign file was removed from the final name")
             if planted("rename_before_fsync") and t.row.kind == "file":
                 fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=t.dir_fd)
                 try:
@@ -276,6 +318,16 @@ class Driver:
                            "published")
         crash_point("publish.after_commit")
         self.progress.add_files(len(group))
+
+    def _temp_owners(self) -> tuple[int, ...]:
+        """Who may own a staged temp: us, or (metadata copy as root) the source's owner."""
+        me = os.geteuid()
+        if not self.opts.get("metadata", False) or me != 0:
+            return (me,)
+        if self._owners is None:
+            self._owners = (me, *{r.uid for r in self.jdb.files(self.t.id)
+                                  if r.kind != "dir"})
+        return self._owners
 
     def _commit_staged(self, group: Sequence[StageResult]) -> None:
         self.jdb.set_files(
@@ -314,43 +366,104 @@ class Driver:
         crash_point("complete.after_commit")
 
     def _delete_sources(self) -> None:
+        """Unlink each source (only if unchanged since dispatch), remove the emptied source
+        directories, fsync their parents.
+
+        Every unlink and rmdir is relative to a directory fd: the directory of a source
+        the user named is opened by path (symlinks there are the user's), directories
+        below a source tree's root are opened with O_NOFOLLOW, so a source directory
+        swapped for a symlink cannot make this delete elsewhere; that source is kept and
+        an event says why. A followed symlink's target (symlink policy ``follow``) lies
+        outside the tree the user named and is never deleted. A row naming a source no
+        ``add()`` recorded raises :class:`SecurityError` before anything is deleted.
+        """
         rows = self.jdb.files(self.t.id)
-        parents: set[bytes] = set()
-        for r in rows:
-            if r.kind == "dir":
-                continue
+        adds = _recorded_adds(self.opts)
+        by_path: dict[bytes, int] = {}
+        touched: dict[int, None] = {}
+        with DirCache(mkdirs=False) as tree_dirs:
             try:
-                st = os.lstat(r.src)
-            except FileNotFoundError:
-                continue  # deleted before a crash
-            if r.kind == "file" and (st.st_size != r.size or st.st_mtime_ns != r.mtime_ns):
-                # Changed after it was copied: deleting it would lose data. Keep it.
-                self.jdb.record_event(self.t.id, "move-kept-changed-source",
-                                      os.fsdecode(r.src), r.id)
-                continue
-            os.unlink(r.src)
-            parents.add(os.path.dirname(r.src))
-            crash_point("move.after_unlink")
-        # Remove the (now empty) source directories of a moved tree, deepest first.
-        for r in sorted((r for r in rows if r.kind == "dir"),
-                        key=lambda r: r.src.count(b"/"), reverse=True):
-            try:
-                os.rmdir(r.src)
-            except FileNotFoundError:
-                continue
-            except OSError as exc:
-                if exc.errno in (_errno.ENOTEMPTY, _errno.EEXIST):
-                    continue
-                raise
-            parents.add(os.path.dirname(r.src))
-        for p in parents:
-            with contextlib.suppress(FileNotFoundError):
-                fd = os.open(p, os.O_RDONLY | os.O_DIRECTORY)
-                try:
+                places = [(r, self._source_place(r, adds, tree_dirs, by_path)) for r in rows]
+                for r, where in places:
+                    if r.kind == "dir" or where is None:
+                        continue
+                    dfd, name = where
+                    try:
+                        st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+                    except FileNotFoundError:
+                        continue  # deleted before a crash
+                    same_kind = (stat.S_ISREG(st.st_mode) if r.kind == "file"
+                                 else stat.S_ISLNK(st.st_mode))
+                    if not same_kind or (r.kind == "file" and (
+                            st.st_size != r.size or st.st_mtime_ns != r.mtime_ns)):
+                        # Changed after it was copied: deleting it would lose data.
+                        self.jdb.record_event(self.t.id, "move-kept-changed-source",
+                                              _show(r.src), r.id)
+                        continue
+                    os.unlink(name, dir_fd=dfd)
+                    touched[dfd] = None
+                    crash_point("move.after_unlink")
+                # Remove the (now empty) source directories of a moved tree, deepest first.
+                dirs = sorted(((r, w) for r, w in places if r.kind == "dir" and w is not None),
+                              key=lambda rw: rw[0].src.count(b"/"), reverse=True)
+                for _, where in dirs:
+                    assert where is not None
+                    dfd, name = where
+                    try:
+                        os.rmdir(name, dir_fd=dfd)
+                    except OSError as exc:
+                        if exc.errno in (_errno.ENOENT, _errno.ENOTEMPTY, _errno.EEXIST,
+                                         _errno.ENOTDIR):
+                            continue
+                        raise
+                    touched[dfd] = None
+                for fd in touched:
                     fsync_dir(fd)
-                finally:
+            finally:
+                for fd in by_path.values():
                     os.close(fd)
         crash_point("move.after_dir_fsync")
+
+    def _source_place(self, r: FileRow, adds: _Adds | None, tree_dirs: DirCache,
+                      by_path: dict[bytes, int]) -> tuple[int, bytes] | None:
+        """(directory fd, name) of ``r``'s source, or None to keep it (event recorded)."""
+        def named(path: bytes) -> tuple[int, bytes] | None:
+            # A path the user named in add(): its directory is opened by path.
+            parent, name = os.path.split(path)
+            fd = by_path.get(parent)
+            if fd is None:
+                try:
+                    fd = os.open(parent or b"/", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+                except (FileNotFoundError, NotADirectoryError):
+                    return None
+                by_path[parent] = fd
+            return fd, name
+
+        if adds is None:  # a journal from before add() recorded its sources
+            return named(r.src)
+        trees, singles = adds
+        if r.kind != "dir" and singles.get(r.dst) == r.src:
+            return named(r.src)
+        src_root = trees.get(r.root)
+        if src_root is None:
+            raise SecurityError(f"journal row {r.id} names source {_show(r.src)} that no "
+                                "add() recorded; refusing to delete it")
+        if r.src != (os.path.join(src_root, r.rel) if r.rel else src_root):
+            self.jdb.record_event(self.t.id, "move-kept-source", f"{_show(r.src)} is "
+                                  "outside the source tree named in add() (a followed "
+                                  "symlink's target); not deleted", r.id)
+            return None
+        if not r.rel:
+            return named(src_root)
+        d, name = _dir_and_name(r.rel)
+        try:
+            return tree_dirs.open(src_root, d), name
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except SecurityError as exc:
+            self.jdb.record_event(self.t.id, "move-kept-source",
+                                  f"{_show(r.src)} not deleted: {exc}", r.id)
+            return None
 
     # -- resume ---------------------------------------------------------------------------
 
@@ -375,7 +488,7 @@ class Driver:
                 d, name = _dir_and_name(r.rel)
                 try:
                     dfd = dirs.open(r.root, d)
-                except FileNotFoundError:
+                except (FileNotFoundError, NotADirectoryError):
                     dfd = -1
                 if r.state is _F.PENDING:
                     if dfd >= 0 and r.tmp:
@@ -473,41 +586,59 @@ class Driver:
                 "its sources (move mode); cancel would lose data — resume it to finish")
         rows = self.jdb.files(self.t.id)
         buf = bytearray(4 << 20)
-        touched: dict[bytes, int] = {}
-        try:
+        touched: dict[int, None] = {}
+        # Directories are opened like a run opens them (below each root with O_NOFOLLOW),
+        # never created: a directory swapped for a symlink is refused, not followed.
+        with DirCache(mkdirs=False,
+                      follow_symlinks=bool(self.opts.get("follow_dst_symlinks", False))
+                      ) as dirs:
             for r in rows:
                 if r.kind == "dir" or r.state is _F.CANCELLED:
                     continue
                 self._check_inside_roots(r)
                 d, name = _dir_and_name(r.rel)
-                key = os.path.join(r.root, d) if d else r.root
-                if key not in touched:
-                    try:
-                        touched[key] = os.open(key, os.O_RDONLY | os.O_DIRECTORY
-                                               | os.O_NOFOLLOW)
-                    except OSError:
-                        touched[key] = -1
-                dfd = touched[key]
-                if dfd < 0:
-                    continue
+                try:
+                    dfd = dirs.open(r.root, d)
+                except (FileNotFoundError, NotADirectoryError):
+                    continue  # its directory is gone: nothing of ours is left there
+                touched[dfd] = None
                 if r.tmp and unlink_quiet(dfd, r.tmp):
                     crash_point("cancel.after_unlink_temp")
                 if (r.state in (_F.STAGED, _F.PUBLISHED)
                         and self._matches(dfd, name, r, buf)):
                     unlink_quiet(dfd, name)
                     crash_point("cancel.after_unlink_temp")
-            for fd in touched.values():
-                if fd >= 0:
-                    fsync_dir(fd)
+            for fd in touched:
+                fsync_dir(fd)
             crash_point("cancel.after_dir_fsync")
-        finally:
-            for fd in touched.values():
-                if fd >= 0:
-                    os.close(fd)
         self.jdb.set_files(self.t.id, [(r, _F.CANCELLED, {}) for r in rows
                                        if r.state is not _F.CANCELLED], "cancel-files")
         self._move(_T.CANCELLED, "cancel", owner=None)
         crash_point("cancel.after_commit")
+
+
+#: (tree adds: destination root -> source root, single adds: destination -> source)
+_Adds = tuple[dict[bytes, bytes], dict[bytes, bytes]]
+
+
+def _recorded_adds(opts: dict[str, Any]) -> _Adds | None:
+    """The sources each ``add()`` named, as recorded in the transfer's options."""
+    recorded = opts.get("adds")
+    if recorded is None:
+        return None
+    trees: dict[bytes, bytes] = {}
+    singles: dict[bytes, bytes] = {}
+    for src, dst, kind in recorded:
+        # The first add wins: a later entry for the same destination is one whose rows
+        # were rejected (or never committed, after a crash).
+        (trees if kind == "dir" else singles).setdefault(os.fsencode(dst), os.fsencode(src))
+    return trees, singles
+
+
+def _show(p: bytes) -> str:
+    """A path for messages and events: quoted, any byte sequence kept printable and
+    encodable (an invalid UTF-8 byte shows as ``\\udcXX``), so SQLite and JSON take it."""
+    return repr(os.fsdecode(p))
 
 
 def _transitions_from(state: TransferState) -> Iterable[TransferState]:

@@ -19,6 +19,7 @@ Nothing here touches the journal: the caller commits before and after each step.
 
 from __future__ import annotations
 
+import contextlib
 import errno as _errno
 import os
 import re
@@ -33,9 +34,11 @@ from ._planted import planted
 __all__ = [
     "TEMP_PATTERN",
     "DirCache",
+    "check_staged",
     "create_temp",
     "fsync_dir",
     "fsync_fd",
+    "same_entry",
     "temp_name",
 ]
 
@@ -84,8 +87,19 @@ def create_temp(dir_fd: int, name: bytes, *, replace_stale: bool = True) -> int:
     except FileExistsError:
         if not replace_stale:
             raise
+    try:
         os.unlink(name, dir_fd=dir_fd)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise SecurityError(f"temp name {os.fsdecode(name)!r} is taken by something that "
+                            f"cannot be removed ({exc.strerror}); refusing to write") from exc
+    try:
         return os.open(name, flags, 0o600, dir_fd=dir_fd)
+    except FileExistsError as exc:
+        # Recreated between our unlink and create: someone is racing for this name.
+        raise SecurityError(f"temp name {os.fsdecode(name)!r} was recreated by someone else "
+                            "while being replaced; refusing to write through it") from exc
 
 
 def unlink_quiet(dir_fd: int, name: bytes) -> bool:
@@ -95,6 +109,36 @@ def unlink_quiet(dir_fd: int, name: bytes) -> bool:
     except FileNotFoundError:
         return False
     return True
+
+
+def check_staged(dir_fd: int, tmp: bytes, *, kind: str, size: int, link: bytes | None,
+                 owners: tuple[int, ...]) -> os.stat_result:
+    """Just before a rename: the entry under ``tmp`` must still be what was staged.
+
+    A regular file of ``size`` bytes owned by one of ``owners`` (or, for ``kind``
+    "symlink", our symlink to ``link``), looked up without following a symlink. Returns
+    its stat so the caller can check, after the rename, that the final name holds this
+    very inode (:func:`same_entry`). Raises :class:`SecurityError` if something else took
+    the temp's place (nothing has been renamed then); FileNotFoundError if it is gone.
+    """
+    st = os.stat(tmp, dir_fd=dir_fd, follow_symlinks=False)
+    if kind == "symlink":
+        ok = stat.S_ISLNK(st.st_mode) and os.readlink(tmp, dir_fd=dir_fd) == link
+    else:
+        ok = stat.S_ISREG(st.st_mode) and st.st_size == size
+    if not ok or st.st_uid not in owners:
+        raise SecurityError(f"temp {os.fsdecode(tmp)!r} was replaced by someone else "
+                            "before it was published; refusing to rename it into place")
+    return st
+
+
+def same_entry(dir_fd: int, name: bytes, st: os.stat_result) -> bool:
+    """Is ``name`` in ``dir_fd`` (not followed) the inode described by ``st``?"""
+    try:
+        now = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except OSError:
+        return False
+    return (now.st_dev, now.st_ino) == (st.st_dev, st.st_ino)
 
 
 class DirCache:
@@ -115,19 +159,35 @@ class DirCache:
         self.created: list[bytes] = []
 
     def open(self, root: bytes, rel: bytes = b"") -> int:
-        """The fd of ``root/rel`` (``rel`` may be empty or a relative path)."""
+        """The fd of ``root/rel`` (``rel`` may be empty or a relative path).
+
+        Iterative (no recursion per component), so a destination tree thousands of levels
+        deep opens like a shallow one. Raises :class:`SecurityError` for a symlink below
+        ``root`` (unless ``follow_symlinks``) or a ``.``/``..``/empty component in ``rel``;
+        FileNotFoundError for a missing directory when ``mkdirs`` is off.
+        """
         key = os.path.join(root, rel) if rel else root
         fd = self._fds.get(key)
         if fd is not None:
             return fd
-        if not rel:
-            fd = self._open_root(root)
-        else:
-            parent, name = os.path.split(rel)
-            pfd = self.open(root, parent)
-            fd = self._open_child(pfd, name, key)
-        self._fds[key] = fd
-        return fd
+        parts = rel.split(b"/") if rel else []
+        if any(p in (b"", b".", b"..") for p in parts):
+            raise SecurityError(f"destination path {os.fsdecode(key)!r} has an empty, '.' "
+                                "or '..' component below its root; refusing to open it")
+        keys = [root]
+        for p in parts:
+            keys.append(os.path.join(keys[-1], p))
+        # The deepest directory already open; open each missing component below it.
+        i = len(keys) - 1
+        while i >= 0 and keys[i] not in self._fds:
+            i -= 1
+        if i < 0:
+            self._fds[root] = self._open_root(root)
+            i = 0
+        for j in range(i + 1, len(keys)):
+            self._fds[keys[j]] = self._open_child(self._fds[keys[j - 1]], parts[j - 1],
+                                                  keys[j])
+        return self._fds[key]
 
     def _open_root(self, root: bytes) -> int:
         try:
@@ -135,26 +195,38 @@ class DirCache:
         except FileNotFoundError:
             if not self.mkdirs:
                 raise
-        parent, name = os.path.split(root.rstrip(b"/"))
-        pfd = self.open(parent or b".")
-        return self._open_child(pfd, name, root, explicit=True)
+        # Create the missing ancestors the user named (explicit: any symlink among them
+        # is the user's own), from the deepest one that exists downwards.
+        missing: list[tuple[bytes, bytes]] = []
+        cur = root.rstrip(b"/")
+        while True:
+            parent, name = os.path.split(cur)
+            missing.append((cur, name))
+            try:
+                pfd = os.open(parent or b".", _DIR_FLAGS)
+                break
+            except FileNotFoundError:
+                if not parent or parent == cur:
+                    raise
+                cur = parent
+        try:
+            for key, name in reversed(missing):
+                fd = self._open_child(pfd, name, key, explicit=True)
+                os.close(pfd)
+                pfd = fd
+        except BaseException:
+            os.close(pfd)
+            raise
+        return pfd
 
     def _open_child(self, pfd: int, name: bytes, key: bytes, *, explicit: bool = False) -> int:
-        flags = _DIR_FLAGS if (self.follow_symlinks or explicit) else _NOFOLLOW_DIR
+        nofollow = not (self.follow_symlinks or explicit)
+        flags = _NOFOLLOW_DIR if nofollow else _DIR_FLAGS
         try:
-            return os.open(name, flags, dir_fd=pfd)
+            return self._open_at(pfd, name, flags, key, nofollow)
         except FileNotFoundError:
             if not self.mkdirs:
                 raise
-        except OSError as exc:
-            if exc.errno in (_errno.ELOOP, _errno.ENOTDIR):
-                st = os.stat(name, dir_fd=pfd, follow_symlinks=False)
-                if stat.S_ISLNK(st.st_mode):
-                    raise SecurityError(
-                        f"refusing to follow symlink {os.fsdecode(key)!r} in a destination "
-                        "path (pass follow_symlinks=True to allow it)"
-                    ) from exc
-            raise
         try:
             os.mkdir(name, 0o777, dir_fd=pfd)
         except FileExistsError:
@@ -164,7 +236,29 @@ class DirCache:
             crash_point("stage.after_mkdir")
             fsync_dir(pfd)
             crash_point("stage.after_mkdir_fsync")
-        return os.open(name, flags, dir_fd=pfd)
+        # Opened again with the same flags: a directory swapped for a symlink between the
+        # mkdir and this open is refused, not followed.
+        return self._open_at(pfd, name, flags, key, nofollow)
+
+    @staticmethod
+    def _open_at(pfd: int, name: bytes, flags: int, key: bytes, nofollow: bool) -> int:
+        try:
+            return os.open(name, flags, dir_fd=pfd)
+        except OSError as exc:
+            # With O_NOFOLLOW, ELOOP means the last component is a symlink (whatever it
+            # points to); ENOTDIR may be a symlink to a non-directory on some kernels.
+            link = nofollow and exc.errno == _errno.ELOOP
+            if nofollow and exc.errno == _errno.ENOTDIR:
+                with contextlib.suppress(OSError):
+                    link = stat.S_ISLNK(os.stat(name, dir_fd=pfd, follow_symlinks=False)
+                                        .st_mode)
+            if link:
+                raise SecurityError(
+                    f"refusing to follow symlink {os.fsdecode(key)!r} in a destination "
+                    "path below the directory you named (create the transfer with "
+                    "follow_dst_symlinks=True to allow it)"
+                ) from exc
+            raise
 
     def close(self) -> None:
         """Close every fd. Idempotent."""
