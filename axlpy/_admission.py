@@ -235,13 +235,13 @@ class BoundedAdmission:
         """Give back ``n`` slots of ``record`` (all it holds by default).
 
         Raises:
-            UsageError: the record holds fewer than ``n`` slots (a double release);
-                nothing is released.
+            UsageError: the record holds fewer than ``n`` slots, or (``n`` omitted) holds
+                none: a double release. Nothing is released. ``n=0`` is always a no-op.
         """
         with self._cond:
             held = self._ledger.get(record, 0)
             count = held if n is None else n
-            if count < 0 or count > held:
+            if count < 0 or count > held or (n is None and record not in self._ledger):
                 raise UsageError(
                     f"admission record {record} holds {held} slots, cannot release {count}"
                 )
@@ -327,7 +327,7 @@ class UnlimitedAdmission:
         with self._lock:
             held = self._ledger.get(record, 0)
             count = held if n is None else n
-            if count < 0 or count > held:
+            if count < 0 or count > held or (n is None and record not in self._ledger):
                 raise UsageError(
                     f"admission record {record} holds {held} slots, cannot release {count}"
                 )
@@ -481,12 +481,14 @@ class AdmittedIOQueue(IOQueue):
                 # Nothing of ours to wait for: the slots are held by other queues sharing
                 # the admission, so its bounded wait decides.
                 return self.admission.reserve(n)
-            if time.monotonic() >= deadline:
+            left = max(0.0, deadline - time.monotonic())
+            reaped = self._release_all(self.queue.reap(1, min(0.01, left)))
+            self._early += reaped
+            if not reaped and time.monotonic() >= deadline:
                 raise AdmissionTimeoutError(
                     f"IO queue {self.queue.name} stayed full for {timeout_us} us "
                     f"({len(self._records)} of our requests in flight)"
                 )
-            self._early += self._release_all(self.queue.reap(1, 0.01))
 
     def _release_all(self, completions: list[Completion]) -> list[Completion]:
         for c in completions:

@@ -25,9 +25,7 @@ def test_registry_names():
     assert sorted(REGISTRY) == ["fallback", "memory", "posix", "rdma", "uring"]
 
 
-@pytest.mark.parametrize(
-    ("name", "cls"), [("posix", PosixIOQueue), ("memory", MemoryIOQueue)]
-)
+@pytest.mark.parametrize(("name", "cls"), [("posix", PosixIOQueue), ("memory", MemoryIOQueue)])
 def test_open_queue_by_name(name, cls):
     q = open_queue(name, depth=4)
     assert type(q) is cls

@@ -45,7 +45,10 @@ def small_tmpfs(tmp_path):
 
 @pytest.mark.parametrize(
     "make_queue",
-    [pytest.param(_uring, id="uring", marks=requires_uring), pytest.param(PosixIOQueue, id="posix")],
+    [
+        pytest.param(_uring, id="uring", marks=requires_uring),
+        pytest.param(PosixIOQueue, id="posix"),
+    ],
 )
 def test_write_that_fills_the_disk_is_an_error_not_short(small_tmpfs, make_queue):
     fd = os.open(small_tmpfs / "big", os.O_RDWR | os.O_CREAT)
