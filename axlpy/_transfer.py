@@ -10,6 +10,7 @@ new process finishes the job from the journal alone.
 from __future__ import annotations
 
 import enum
+import json
 import os
 import secrets
 import threading
@@ -30,7 +31,11 @@ from ._journal import FileRow, JournalDB, TransferRow
 from ._sources import Limits, walk_source
 from ._state import FileState, TransferState
 from .engines import Engine, get_engine
-from .io import IOQueue, open_queue
+from ._retry import InterventionController, RetryEvent, RetryPolicy, call_persistently
+from .io import IOQueue, open_default_queue, open_queue
+
+#: builds the IO queue of one engine thread from the queue depth (tests, embedders)
+QueueFactory = Callable[[int], IOQueue]
 
 __all__ = ["FileStatus", "Journal", "Transfer", "TransferStatus", "TransferType"]
 
@@ -119,13 +124,18 @@ class Journal:
 
     def create(self, name: str, type: TransferType | str = TransferType.DEFAULT, *,
                on_progress: Callable[[Progress], None] | None = None,
+               queue_factory: QueueFactory | None = None,
                **options: Any) -> Transfer:
         """Create an empty transfer named ``name`` (unique in this journal).
 
         ``options`` override :func:`axlpy.config` defaults: ``move``, ``metadata``,
         ``mkdirs``, ``symlinks`` (copy/follow/refuse), ``follow_dst_symlinks``,
-        ``chunk_size``, ``extent_size``, ``workers``, ``queue``, ``verify_published``.
-        On disk: one committed row, state CREATED; nothing else.
+        ``chunk_size``, ``extent_size``, ``workers``, ``queue``, ``verify_published``,
+        ``retry`` (a table of ``retry.*`` keys, see docs/retry.md).
+        ``on_progress(progress)`` is called from the engine's threads as bytes and files
+        are done (at most every 0.1 s for bytes). ``queue_factory(depth)`` overrides the
+        IO queue of every engine thread in this process (not journaled: a resume
+        elsewhere uses the ``queue`` option). On disk: one committed row, state CREATED.
         """
         if not name or "\x00" in name:
             raise UsageError("a transfer name must be a non-empty string without NUL")
@@ -134,10 +144,11 @@ class Journal:
         opts = effective_options(options)
         opts["roots"] = []
         tid = self.db.create_transfer(name, ttype, secrets.token_hex(4), opts)
-        return Transfer(self, self.db.transfer_by_id(tid), on_progress)
+        return Transfer(self, self.db.transfer_by_id(tid), on_progress, queue_factory)
 
     def open(self, name: str, *,
-             on_progress: Callable[[Progress], None] | None = None) -> Transfer:
+             on_progress: Callable[[Progress], None] | None = None,
+             queue_factory: QueueFactory | None = None) -> Transfer:
         """Open an existing transfer by name, whatever its type (read from the journal)."""
         row = self.db.transfer(name)
         if row is None:
@@ -146,7 +157,7 @@ class Journal:
             live = _RUNNING.get((self.path, name))
         if live is not None:
             return live
-        return Transfer(self, row, on_progress)
+        return Transfer(self, row, on_progress, queue_factory)
 
     def transfers(self) -> list[TransferStatus]:
         """Every transfer in the journal, oldest first."""
@@ -178,10 +189,14 @@ class Transfer:
     """One transfer. Obtain it from :meth:`Journal.create` or :meth:`Journal.open`."""
 
     def __init__(self, journal: Journal, row: TransferRow,
-                 on_progress: Callable[[Progress], None] | None = None) -> None:
+                 on_progress: Callable[[Progress], None] | None = None,
+                 queue_factory: QueueFactory | None = None) -> None:
         self.journal = journal
         self._row = row
         self._on_progress = on_progress
+        self._queue_factory = queue_factory
+        self._controller: InterventionController | None = None
+        self._pause_lock = threading.Lock()
         self._progress: Progress | None = None
         self._thread: threading.Thread | None = None
         self._cancel = threading.Event()
@@ -233,17 +248,26 @@ class Transfer:
         s, d = _fs(src), _fs(dst)
         rows = list(walk_source(s, d, symlinks=row.options.get("symlinks", "copy"),
                                 limits=limits or Limits()))
-        self.journal.db.add_files(row.id, rows)
+        # Record the destination root (resume never writes outside the recorded roots)
+        # and what this add named (move mode deletes only inside it) *before* the rows:
+        # a crash in between leaves an unused entry, never a row outside the roots.
+        before = json.loads(json.dumps(row.options))
         root = os.fsdecode(rows[0]["root"])
         roots: list[str] = row.options.setdefault("roots", [])
         if root not in roots:
             roots.append(root)
+        row.options.setdefault("adds", []).append(
+            [os.fsdecode(rows[0]["src"]), os.fsdecode(rows[0]["dst"]), rows[0]["kind"]])
+        self._save_options(row)
+        try:
+            self.journal.db.add_files(row.id, rows)
+        except BaseException:
+            row.options = before
             self._save_options(row)
+            raise
         return len(rows)
 
     def _save_options(self, row: TransferRow) -> None:
-        import json
-
         with self.journal.db.transaction() as db:
             db.execute("UPDATE transfers SET options = ? WHERE id = ?",
                        (json.dumps(row.options, sort_keys=True), row.id))
@@ -284,14 +308,65 @@ class Transfer:
         _, bt, _, ft = self.journal.db.progress(row.id)
         self._progress = Progress(bytes_total=bt, files_total=ft,
                                   callback=self._on_progress)
-        qname = row.options.get("queue") or ""
+        qname = row.options.get("queue") or engine.queue_name
         depth = int(row.options.get("queue_depth", 64))
+        factory = self._queue_factory
 
         def make_queue() -> IOQueue:
-            return open_queue(qname or "posix", depth=depth)
+            if factory is not None:
+                return factory(depth)
+            if qname == "default":
+                return open_default_queue(depth)
+            return open_queue(qname, depth=depth)
 
         return Driver(self.journal.db, row, engine, make_queue, self._progress,
-                      self._cancel)
+                      self._cancel, self._make_retry(row))
+
+    def _make_retry(self, row: TransferRow) -> Callable[[Callable[[], int], str], int]:
+        """Every engine read and write runs under the transfer's retry policy."""
+        policy = RetryPolicy.from_config({"retry": row.options.get("retry") or {}})
+        controller = InterventionController.from_policy(policy)
+        self._controller = controller
+        name = self.name
+
+        def retry(fn: Callable[[], int], what: str) -> int:
+            return call_persistently(fn, policy=policy, what=what, controller=controller,
+                                     on_pause=self._on_pause, on_resume=self._on_resume,
+                                     transfer=name)
+
+        return retry
+
+    def _on_pause(self, event: RetryEvent) -> None:
+        # Several workers may pause at once: journal PAUSED once.
+        with self._pause_lock:
+            if self.state is _T.DISPATCHED:
+                self.journal.db.set_state(
+                    self._row.id, _T.DISPATCHED, _T.PAUSED, event="pause", name=self.name,
+                    detail=f"{event.what}: {event.error}")
+
+    def _on_resume(self, event: RetryEvent) -> None:
+        with self._pause_lock:
+            if self.state is _T.PAUSED:
+                self.journal.db.set_state(self._row.id, _T.PAUSED, _T.DISPATCHED,
+                                          event="continue", name=self.name,
+                                          detail=event.what)
+
+    def intervene(self, action: str) -> None:
+        """Answer a transfer paused by the retry policy (intervention mode).
+
+        ``"continue"`` starts a fresh round of attempts for every paused operation (the
+        failing chunk is redone at its offset; verified work is kept); ``"cancel"`` is
+        :meth:`cancel`. Never blocks for ``"continue"``. From another process, write the
+        word to the flag file (``retry.flag_file``) instead.
+        """
+        if action == "cancel":
+            self.cancel()
+            return
+        if action != "continue":
+            raise UsageError(f"intervene() takes 'continue' or 'cancel', not {action!r}")
+        if self._controller is None or not self.running:
+            raise UsageError(f"transfer {self.name!r} is not running in this process")
+        self._controller.resume()
 
     def _start(self, body: Callable[[Driver], None]) -> None:
         driver = self._driver()
@@ -307,7 +382,13 @@ class Transfer:
 
         def target() -> None:
             try:
-                body(driver)
+                try:
+                    body(driver)
+                except TransferCancelledError:
+                    # cancel(), or an operator's "cancel" through the flag file: this
+                    # thread owns the transfer, so it undoes it on disk itself.
+                    if self.state is not _T.CANCELLED:
+                        driver.cancel_on_disk()
             except BaseException as exc:
                 self._error = exc
             finally:
@@ -410,6 +491,8 @@ class Transfer:
                                          _T.CANCELLED.value)
         if self.running:
             self._cancel.set()
+            if self._controller is not None:
+                self._controller.cancel()  # wakes operations paused or in backoff
             self._done.wait()
             if self._thread is not None:
                 self._thread.join()
