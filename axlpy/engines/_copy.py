@@ -103,9 +103,26 @@ def apply_metadata(fd: int, task: StageTask, copy_metadata: bool) -> None:
         os.fchmod(fd, row.mode & 0o7777)
         os.utime(fd, ns=(row.mtime_ns, row.mtime_ns))
     else:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, row.mode & 0o777 & ~umask)
+        os.fchmod(fd, row.mode & 0o777 & ~current_umask())
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it.
+
+    ``os.umask(0)`` then restoring it would leave the umask 0 for an instant in which
+    another engine thread's mkdir or create gets a world-writable mode; Linux >= 4.7
+    shows the umask in /proc/self/status, so read it there (the swap is the fallback).
+    """
+    try:
+        with open("/proc/self/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    umask = os.umask(0o077)  # a restrictive stand-in for the instant of the swap
+    os.umask(umask)
+    return umask
 
 
 def stage_file(task: StageTask, ctx: StageContext, queue: IOQueue,
