@@ -136,11 +136,21 @@ def _walk_tree(src: bytes, dst: bytes, st: os.stat_result, symlinks: str,
             raise BadSourceError(f"source tree {os.fsdecode(src)!r} is nested deeper than "
                                  f"{limits.max_depth} levels")
         yield _row("dir", sdir, os.path.join(dst, rel) if rel else dst, dst, rel, dst_st)
+        entries: list[os.DirEntry[bytes]] = []
         try:
-            entries = sorted(os.scandir(sdir), key=lambda e: e.name)
+            with os.scandir(sdir) as it:
+                for e in it:
+                    # Counted while listing: one directory with millions of entries is
+                    # refused before its listing fills memory.
+                    if count + len(entries) >= limits.max_entries:
+                        raise BadSourceError(
+                            f"source tree {os.fsdecode(src)!r} has more than "
+                            f"{limits.max_entries} entries (Limits.max_entries)")
+                    entries.append(e)
         except OSError as exc:
             raise BadSourceError(f"cannot list source directory {os.fsdecode(sdir)!r}: "
                                  f"{exc.strerror}") from exc
+        entries.sort(key=lambda e: e.name)
         subdirs = []
         for e in entries:
             count += 1
