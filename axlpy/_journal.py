@@ -590,7 +590,8 @@ def _check_private(path: str, what: str, allow_shared: bool,
         raise SecurityError(
             f"{what} {path!r} is writable by other users (mode {st.st_mode & 0o777:o}); "
             "anyone who can edit it can redirect writes. Use a private directory, or pass "
-            "allow_shared_journal=True (AXLPY_ALLOW_SHARED_JOURNAL=1) to accept the risk"
+            "Journal(..., allow_shared=True) (or AXLPY_ALLOW_SHARED_JOURNAL=1) to accept "
+            "the risk"
         )
     if st.st_uid not in (os.getuid(), 0):
         raise SecurityError(
