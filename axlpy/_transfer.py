@@ -200,6 +200,8 @@ class Transfer:
         self._progress: Progress | None = None
         self._thread: threading.Thread | None = None
         self._cancel = threading.Event()
+        # Set (with _cancel) by interrupt(): stop at the next chunk but undo nothing.
+        self._interrupted = False
         self._done = threading.Event()
         self._done.set()
         self._error: BaseException | None = None
@@ -377,6 +379,7 @@ class Transfer:
                                  "process")
             _RUNNING[key] = self
         self._cancel.clear()
+        self._interrupted = False
         self._done.clear()
         self._error = None
 
@@ -387,7 +390,7 @@ class Transfer:
                 except TransferCancelledError:
                     # cancel(), or an operator's "cancel" through the flag file: this
                     # thread owns the transfer, so it undoes it on disk itself.
-                    if self.state is not _T.CANCELLED:
+                    if self.state is not _T.CANCELLED and not self._interrupted:
                         driver.cancel_on_disk()
             except BaseException as exc:
                 self._error = exc
@@ -441,6 +444,30 @@ class Transfer:
         if state in (_T.DISPATCHED, _T.RENAMED, _T.CREATED, _T.PAUSED):
             raise UsageError(f"transfer {self.name!r} is {state.value} and not running in "
                              "this process; resume() it")
+
+    def interrupt(self, timeout: float | None = None) -> None:
+        """Stop a transfer running in this process at its next chunk, undoing nothing
+        (what Ctrl-C does in ``axlpy cp``); blocks until it stopped (TimeoutError after
+        ``timeout`` seconds). A no-op when it is not running here.
+
+        On disk: as after a crash at that point. The journal keeps its last committed
+        state (DISPATCHED, owned by this process), temps keep their verified prefix, and
+        no partial file is under a final name. ``resume()`` (here, or in any process once
+        this one has exited) finishes it; ``cancel()`` undoes it. A transfer that was
+        already publishing its last files may complete instead.
+        """
+        if not self.running:
+            return
+        self._interrupted = True
+        self._cancel.set()
+        if not self._done.wait(timeout):
+            raise TimeoutError(f"transfer {self.name!r} still running after {timeout}s")
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        err, self._error = self._error, None
+        if err is not None and not isinstance(err, TransferCancelledError):
+            raise err
 
     # -- resume / cancel / free -----------------------------------------------------------
 
