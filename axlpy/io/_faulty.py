@@ -93,7 +93,7 @@ class FaultyIOQueue(IOQueue):
 
     def prep(self, request: IORequest) -> None:
         with self._lock:
-            if self.in_flight_locked() >= self.depth:
+            if self._in_flight_locked() >= self.depth:
                 raise BlockingIOError(f"faulty queue full ({self.depth} in flight)")
             position = self.seen + 1
             chosen = self._limit is None or self.injected < self._limit
@@ -146,5 +146,5 @@ class FaultyIOQueue(IOQueue):
             self._chosen.clear()
         self.inner.close()
 
-    def in_flight_locked(self) -> int:
+    def _in_flight_locked(self) -> int:
         return len(self._held) + len(self._failed) + self.inner.in_flight
