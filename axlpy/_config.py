@@ -26,6 +26,8 @@ DEFAULTS: dict[str, Any] = {
     "symlinks": "copy",  # copy | follow | refuse
     "follow_dst_symlinks": False,
     "verify_published": True,
+    # retry.* keys for every engine read/write (docs/retry.md); AXLPY_RETRY_* env wins
+    "retry": {},
 }
 
 _current: dict[str, Any] = dict(DEFAULTS)
@@ -44,11 +46,30 @@ def _coerce(key: str, value: Any) -> Any:
         if v < 0 or (key in ("chunk_size", "extent_size", "queue_depth") and v < 1):
             raise UsageError(f"config {key} must be positive, got {v}")
         return v
+    if key == "retry":
+        return _coerce_retry(value)
     if key in _BOOL_KEYS:
         if isinstance(value, str):
             return value.strip().lower() in ("1", "true", "yes", "on")
         return bool(value)
     return str(value)
+
+
+def _coerce_retry(value: Any) -> dict[str, Any]:
+    """A table of ``retry.*`` keys (or JSON of one), validated by building the policy."""
+    import json
+
+    from ._retry import RetryPolicy
+
+    if isinstance(value, str):
+        try:
+            value = json.loads(value) if value.strip() else {}
+        except ValueError:
+            raise UsageError(f"config retry must be a JSON table, got {value!r}") from None
+    if not isinstance(value, dict):
+        raise UsageError(f"config retry must be a table of retry.* keys, got {value!r}")
+    RetryPolicy.from_config({"retry": value}, env={})
+    return dict(value)
 
 
 def config(**updates: Any) -> dict[str, Any]:

@@ -78,6 +78,8 @@ class Engine(ABC):
     name: ClassVar[str] = ""
     #: does the transfer run on a background thread (dispatch returns at once)?
     background: ClassVar[bool] = False
+    #: the IO queue opened when the transfer names none ("default": fastest with fallback)
+    queue_name: str = "posix"
 
     @abstractmethod
     def stage(

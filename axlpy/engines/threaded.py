@@ -1,0 +1,324 @@
+"""PTHREAD (AXL_XFER_PTHREAD): worker threads in the background, several files in flight,
+each file's chunks pipelined.
+
+Each worker copies one file at a time with two chunk buffers, allocated once when the
+worker starts and reused for every chunk of every file it copies (the host reclaims freed
+memory, so re-allocating per chunk would cost page faults on every chunk). While the
+worker's writer thread writes chunk ``k`` from one buffer, the worker checksums it and
+reads chunk ``k + 1`` into the other: source reads, CRC32C and destination writes overlap,
+and all three release the GIL (``os.preadv``/``os.pwritev``, io_uring waits in
+``poll(2)``, ``crc32c`` on large buffers).
+
+Each thread has its own IO queue (``StageContext.open_queue()``): :func:`queue_io` waits
+for its own request, so one request at a time per queue. Every read and write runs under
+the transfer's retry policy (``StageContext.retry``); each attempt is "this chunk at this
+offset", so a retry is idempotent.
+
+On disk if this raises, is cancelled or the process dies: as for every engine (see
+``_base``), temps hold a prefix of their data; extents journaled so far were fdatasynced
+first. Closing the generator (the driver does, on error or cancel) stops every worker
+within about one chunk, joins every thread and closes every fd and queue it opened.
+"""
+
+from __future__ import annotations
+
+import os
+import queue as _queue
+import threading
+from collections.abc import Callable, Generator, Sequence
+from typing import Any
+
+from .._checksum import crc32c
+from .._crashpoints import crash_point
+from .._errors import AxlError, SourceChangedError, TransferCancelledError, TransferError
+from .._planted import planted
+from .._staging import create_temp, fsync_fd
+from ..io import IOQueue
+from ._base import Engine, StageContext, StageResult, StageTask
+from ._copy import apply_metadata, check_source_unchanged, open_source, queue_io
+
+__all__ = ["PthreadEngine", "default_workers", "name_file", "open_temp"]
+
+#: most worker threads a transfer starts (each also has a writer thread)
+MAX_WORKERS = 16
+#: how often a waiting generator looks at the cancel flag, seconds
+_POLL = 0.05
+
+
+def default_workers(nfiles: int, requested: int = 0) -> int:
+    """Workers for ``nfiles`` files: ``requested`` if > 0, else min(files, cores x 2, 16);
+    never more than there are files, never fewer than one."""
+    if requested > 0:
+        return max(1, min(requested, nfiles))
+    return max(1, min(nfiles, (os.cpu_count() or 1) * 2, MAX_WORKERS))
+
+
+def name_file(exc: BaseException, task: StageTask) -> BaseException:
+    """Make sure an error raised while staging ``task`` names its file.
+
+    A TransferError without a path gets one; an error outside axlpy's tree (an OSError
+    from open, say) is wrapped in a TransferError naming the file, the original chained
+    as ``__cause__``. Other axlpy errors (SecurityError, ...) are returned unchanged.
+    """
+    dst = os.fsdecode(task.row.dst)
+    if isinstance(exc, TransferError):
+        if exc.path is None:
+            exc.path = dst
+        return exc
+    if isinstance(exc, AxlError) or not isinstance(exc, Exception):
+        return exc
+    err = TransferError(f"copying {os.fsdecode(task.row.src)!r} to {dst!r} failed: "
+                        f"{type(exc).__name__}: {exc}", path=dst)
+    err.__cause__ = exc
+    return err
+
+
+def open_temp(task: StageTask) -> int:
+    """Open the temp for writing: the verified prefix kept by a resume (anything past it
+    cut off, never trusted) or a fresh one (O_EXCL)."""
+    if task.resume_from:
+        fd = os.open(task.tmp, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     dir_fd=task.dir_fd)
+        try:
+            os.ftruncate(fd, task.resume_from)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+    fd = create_temp(task.dir_fd, task.tmp)
+    crash_point("stage.after_create_temp")
+    return fd
+
+
+class _Stop(Exception):
+    """A worker was told to stop (cancel, or another worker failed)."""
+
+
+class _Writer:
+    """A helper thread that runs one write at a time for its worker."""
+
+    def __init__(self, name: str) -> None:
+        self._jobs: _queue.SimpleQueue[Callable[[], int] | None] = _queue.SimpleQueue()
+        self._results: _queue.SimpleQueue[tuple[bool, Any]] = _queue.SimpleQueue()
+        self._busy = False
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            try:
+                self._results.put((True, job()))
+            except BaseException as exc:
+                self._results.put((False, exc))
+
+    def start(self, job: Callable[[], int]) -> None:
+        assert not self._busy, "one write at a time"
+        self._busy = True
+        self._jobs.put(job)
+
+    def join(self) -> int:
+        """Wait for the running write; return its result or raise its error."""
+        if not self._busy:
+            return 0
+        ok, value = self._results.get()
+        self._busy = False
+        if not ok:
+            raise value
+        return int(value)
+
+    def drain(self) -> None:
+        """Wait for a running write, dropping its result (we are already failing)."""
+        if self._busy:
+            self._results.get()
+            self._busy = False
+
+    def close(self) -> None:
+        self.drain()
+        self._jobs.put(None)
+        self._thread.join()
+
+
+def copy_file_pipelined(task: StageTask, ctx: StageContext, rq: IOQueue, wq: IOQueue,
+                        bufs: tuple[bytearray, bytearray], writer: _Writer,
+                        should_stop: Callable[[], bool]) -> StageResult:
+    """Copy one file into its temp, reading and checksumming chunk k+1 while chunk k is
+    written; return its CRC32C once the temp is durable (fsynced).
+
+    Extents: each full extent is fdatasynced, then its CRC journaled; a resume keeps the
+    verified ones. Raises :class:`_Stop` between chunks when ``should_stop()``.
+    """
+    row = task.row
+    src = os.fsdecode(row.src)
+    dst = os.fsdecode(row.dst)
+    size = row.size
+    chunk = len(bufs[0])
+    extent = ctx.extent_size
+    src_fd = open_source(task)
+    tmp_fd = -1
+    try:
+        tmp_fd = open_temp(task)
+        offset = task.resume_from  # next byte to write (all before it is written)
+        crc = task.resume_crc
+        ext_idx = task.next_extent
+        ext_crc = 0
+        ext_start = offset
+
+        def read(buf: bytearray, off: int) -> int:
+            # A chunk never crosses an extent boundary, so extent CRCs stay chunk-aligned.
+            want = min(chunk, size - off, (off - ext_start) // extent * extent
+                       + ext_start + extent - off)
+            mv = memoryview(buf)[:want]
+            n = ctx.retry(lambda: queue_io(rq, False, src_fd, mv, off, "read", src),
+                          f"read {src!r} @{off}+{want}")
+            if n < want:
+                raise SourceChangedError(f"source {src!r} shrank while being copied",
+                                         path=src)
+            return n
+
+        cur = 0
+        n = read(bufs[cur], offset) if offset < size else 0
+        try:
+            while n:
+                if should_stop():
+                    raise _Stop
+                mv = memoryview(bufs[cur])[:n]
+                writer.start(_write_job(ctx, wq, tmp_fd, mv, offset, dst))
+                # While the write runs: checksum what it writes, read the next chunk.
+                crc = crc32c(mv, crc)
+                ext_crc = crc32c(mv, ext_crc)
+                nxt = 0
+                if offset + n < size and not should_stop():
+                    nxt = read(bufs[1 - cur], offset + n)
+                writer.join()
+                crash_point("stage.after_write")
+                offset += n
+                ctx.on_bytes(n)
+                if offset - ext_start == extent and offset < size:
+                    # The extent's bytes must be durable before the journal vouches for
+                    # them; fsync errors are never retried (after a failed fsync the
+                    # kernel may have dropped the dirty pages: a retry would lie).
+                    os.fdatasync(tmp_fd)
+                    ctx.commit_extents([(row.id, ext_idx, extent, ext_crc, offset)])
+                    ext_idx += 1
+                    ext_crc = 0
+                    ext_start = offset
+                cur = 1 - cur
+                n = nxt
+                if not n and offset < size:
+                    raise _Stop  # told to stop before the next read
+        finally:
+            writer.drain()
+        check_source_unchanged(src_fd, task)
+        apply_metadata(tmp_fd, task, ctx.copy_metadata)
+        if not planted("rename_before_fsync"):
+            fsync_fd(tmp_fd)
+        crash_point("stage.after_fsync")
+        return StageResult(task, crc, size, size - task.resume_from)
+    finally:
+        os.close(src_fd)
+        if tmp_fd >= 0:
+            os.close(tmp_fd)
+
+
+def _write_job(ctx: StageContext, wq: IOQueue, fd: int, mv: memoryview, off: int,
+               dst: str) -> Callable[[], int]:
+    def job() -> int:
+        return ctx.retry(lambda: queue_io(wq, True, fd, mv, off, "write", dst),
+                         f"write {dst!r} @{off}+{mv.nbytes}")
+    return job
+
+
+_DONE = object()
+
+
+class PthreadEngine(Engine):
+    """Worker threads copy files in the background; ``dispatch()`` returns at once.
+
+    Workers: ``StageContext.workers`` (the ``workers`` option) if > 0, else
+    min(files, cores x 2, 16). Each worker has a writer thread, two chunk buffers and two
+    IO queues (one per thread), all released when it exits.
+    """
+
+    name = "pthread"
+    background = True
+
+    def stage(self, tasks: Sequence[StageTask], ctx: StageContext
+              ) -> Generator[StageResult, None, None]:
+        if not tasks:
+            return
+        nworkers = default_workers(len(tasks), ctx.workers)
+        todo = list(reversed(tasks))  # pop() from the end = dispatch order
+        lock = threading.Lock()
+        stop = threading.Event()
+        results: _queue.SimpleQueue[object] = _queue.SimpleQueue()
+
+        def should_stop() -> bool:
+            return stop.is_set() or ctx.cancel.is_set()
+
+        def next_task() -> StageTask | None:
+            with lock:
+                return todo.pop() if todo and not should_stop() else None
+
+        def work(i: int) -> None:
+            queues: list[IOQueue] = []
+            writer: _Writer | None = None
+            try:
+                queues.append(ctx.open_queue())
+                queues.append(ctx.open_queue())
+                writer = _Writer(f"axlpy-pthread-w{i}")
+                bufs = (bytearray(ctx.chunk_size), bytearray(ctx.chunk_size))
+                while (task := next_task()) is not None:
+                    try:
+                        res = copy_file_pipelined(task, ctx, queues[0], queues[1], bufs,
+                                                  writer, should_stop)
+                    except _Stop:
+                        return
+                    except BaseException as exc:
+                        stop.set()
+                        results.put(name_file(exc, task))
+                        return
+                    results.put(res)
+            except BaseException as exc:  # opening a queue or starting a thread failed
+                stop.set()
+                results.put(exc)
+            finally:
+                if writer is not None:
+                    writer.close()
+                for q in queues:
+                    q.close()
+                results.put(_DONE)
+
+        threads = [threading.Thread(target=work, args=(i,), name=f"axlpy-pthread-{i}",
+                                    daemon=True) for i in range(nworkers)]
+        started: list[threading.Thread] = []
+        try:
+            for t in threads:
+                t.start()
+                started.append(t)
+            live = len(started)
+            remaining = len(tasks)
+            while remaining:
+                if ctx.cancel.is_set():
+                    raise TransferCancelledError("transfer cancelled while copying")
+                try:
+                    item = results.get(timeout=_POLL)
+                except _queue.Empty:
+                    continue
+                if item is _DONE:
+                    live -= 1
+                    if live == 0 and remaining and not ctx.cancel.is_set():
+                        raise TransferError(  # pragma: no cover - a bug in this engine
+                            f"pthread engine: workers exited with {remaining} file(s) left")
+                    continue
+                if isinstance(item, BaseException):
+                    raise item
+                assert isinstance(item, StageResult)
+                remaining -= 1
+                yield item
+        finally:
+            stop.set()
+            for t in started:
+                t.join()

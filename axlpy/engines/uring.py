@@ -1,0 +1,324 @@
+"""URING: one background thread drives a deep queue, many chunks in flight across files.
+
+The transfer's background thread (see ``Transfer._start``) runs :meth:`UringEngine.stage`
+itself: it keeps up to ``slots`` reads and writes in flight on one IO queue, spread over
+as many files as it takes to fill them (one big file gets every slot; small files get one
+each), and reacts to completions in whatever order the kernel posts them.
+
+Some facts this engine relies on:
+
+- Completions arrive out of order. The whole-file CRC32C and the per-extent CRCs must be
+  computed in file order, so a read that finishes early waits (in its slot) until every
+  earlier chunk of its file has been checksummed; the write of a chunk is submitted right
+  after its checksum, so an extent's CRC is known by the time its last write completes.
+- The kernel reads into and writes from our buffers until each completion is posted, even
+  after an error elsewhere. So on any exit (error, cancel, generator closed) the queue is
+  closed first — ``UringIOQueue.close()`` waits for every request the kernel holds — and
+  only then are fds closed and the slab dropped.
+- Buffers: one slab of ``slots x op_size`` bytes, allocated once per ``stage()``, sliced
+  into fixed slots that are reused for every chunk of every file.
+- Every read and write that fails is redone under the transfer's retry policy
+  (``StageContext.retry``) synchronously on a second queue of the same kind: the redo is
+  "this chunk at this offset", idempotent; the main queue's other requests keep running
+  in the kernel meanwhile. While the policy pauses for an operator (intervention mode)
+  this thread waits, and so does the whole transfer.
+- fdatasync/fsync are never retried (after a failed fsync the kernel may have dropped
+  the dirty pages; a retry that succeeds would lie) and run in this thread: an extent
+  fdatasync every ``extent_size`` bytes per file and one fsync per finished file. IO
+  already submitted keeps running in the kernel while they do.
+
+On disk if this raises, is cancelled or the process dies: as for every engine (see
+``_base``): temps hold a prefix of their data; extents journaled were fdatasynced first.
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+import os
+from collections import deque
+from collections.abc import Generator, Iterator, Sequence
+from dataclasses import dataclass, field
+
+from .._checksum import crc32c
+from .._crashpoints import crash_point
+from .._errors import IOBackendError, SourceChangedError, TransferCancelledError
+from .._planted import planted
+from .._staging import fsync_fd
+from ..io import Completion, IOOp, IOQueue, IORequest
+from ._base import Engine, StageContext, StageResult, StageTask
+from ._copy import apply_metadata, check_source_unchanged, open_source, queue_io
+from .threaded import name_file, open_temp
+
+__all__ = ["UringEngine", "op_size_for"]
+
+#: bytes of chunk buffers in flight at once (slots x op size)
+INFLIGHT_BYTES = 64 << 20
+#: largest single read/write; smaller ops mean more of them in flight per file
+MAX_OP = 1 << 20
+#: how long one wait for completions may block before the cancel flag is looked at
+_POLL = 0.1
+
+
+def op_size_for(chunk_size: int) -> int:
+    """The read/write size: ``chunk_size``, split into 1 MiB ops when it is a multiple of
+    1 MiB (so ops never cross an extent boundary, extents being multiples of chunks)."""
+    if chunk_size > MAX_OP and chunk_size % MAX_OP == 0:
+        return MAX_OP
+    return chunk_size
+
+
+@dataclass(eq=False)
+class _File:
+    task: StageTask
+    src_fd: int
+    tmp_fd: int
+    size: int
+    src: str
+    dst: str
+    read_off: int  # next offset to read
+    crc_off: int  # next offset to checksum (all before it is checksummed)
+    crc: int
+    ext_idx: int  # index of the extent being checksummed / committed next
+    ext_start: int  # its first byte
+    ext_crc: int = 0
+    #: extents checksummed but not yet committed: idx -> (crc, start)
+    ext_crcs: dict[int, tuple[int, int]] = field(default_factory=dict)
+    #: bytes written per extent index, not yet committed
+    written: dict[int, int] = field(default_factory=dict)
+    commit_idx: int = 0
+    done_bytes: int = 0  # bytes written this run
+    in_flight: int = 0
+    #: reads finished out of order: offset -> (slot, length)
+    ready: dict[int, tuple[int, int]] = field(default_factory=dict)
+
+    def close(self) -> None:
+        for fd in (self.src_fd, self.tmp_fd):
+            if fd >= 0:
+                os.close(fd)
+        self.src_fd = self.tmp_fd = -1
+
+
+@dataclass(frozen=True, eq=False)
+class _Tag:
+    file: _File
+    slot: int
+    want: int
+
+
+class UringEngine(Engine):
+    """One thread, one deep queue: the fast engine for large checkpoints.
+
+    ``queue_name`` is the IO queue opened when the transfer names none: ``"uring"`` for
+    the URING type, ``"default"`` (io_uring with POSIX fallback) for DEFAULT.
+    """
+
+    name = "uring"
+    background = True
+
+    def __init__(self, queue_name: str = "uring") -> None:
+        self.queue_name = queue_name
+
+    def stage(self, tasks: Sequence[StageTask], ctx: StageContext
+              ) -> Generator[StageResult, None, None]:
+        if not tasks:
+            return
+        run = _Run(tasks, ctx)
+        try:
+            yield from run.loop()
+        finally:
+            run.close()
+
+
+class _Run:
+    """The state of one ``stage()`` call (one background thread)."""
+
+    def __init__(self, tasks: Sequence[StageTask], ctx: StageContext) -> None:
+        self.ctx = ctx
+        self.todo: deque[StageTask] = deque(tasks)
+        self.remaining = len(tasks)
+        self.active: list[_File] = []
+        self.done: list[StageResult] = []
+        self.retry_q: IOQueue | None = None
+        self.q = ctx.open_queue()
+        self.op = op_size_for(ctx.chunk_size)
+        self.nslots = max(2, min(self.q.depth, INFLIGHT_BYTES // self.op))
+        self.slab = bytearray(self.nslots * self.op)
+        mv = memoryview(self.slab)
+        self.slots = [mv[i * self.op:(i + 1) * self.op] for i in range(self.nslots)]
+        self.free = list(range(self.nslots))
+        self.in_flight = 0
+
+    # -- main loop ----------------------------------------------------------------------
+
+    def loop(self) -> Iterator[StageResult]:
+        ctx = self.ctx
+        while self.remaining:
+            if ctx.cancel.is_set():
+                raise TransferCancelledError("transfer cancelled while copying")
+            self.fill()
+            while self.done:
+                self.remaining -= 1
+                yield self.done.pop(0)
+                if ctx.cancel.is_set():
+                    raise TransferCancelledError("transfer cancelled while copying")
+            if not self.in_flight:
+                continue
+            for c in self.q.reap(1, _POLL):
+                self.complete(c)
+
+    def fill(self) -> None:
+        """Give every free slot a read, opening more files as needed; then submit."""
+        prepared = 0
+        while self.free:
+            f = next((f for f in self.active if f.read_off < f.size), None)
+            if f is None:
+                if not self.todo or len(self.active) >= self.nslots:
+                    break
+                self.open_next()
+                continue
+            slot = self.free.pop()
+            # A read never crosses an extent boundary: extent CRCs stay op-aligned.
+            start = f.task.resume_from
+            ext = self.ctx.extent_size
+            ext_end = start + ((f.read_off - start) // ext + 1) * ext
+            want = min(self.op, f.size - f.read_off, ext_end - f.read_off)
+            self.q.prep_read(f.src_fd, self.slots[slot][:want], f.read_off,
+                             _Tag(f, slot, want))
+            f.read_off += want
+            f.in_flight += 1
+            self.in_flight += 1
+            prepared += 1
+        if prepared:
+            self.q.submit()
+
+    def open_next(self) -> None:
+        task = self.todo.popleft()
+        src_fd = tmp_fd = -1
+        try:
+            src_fd = open_source(task)
+            tmp_fd = open_temp(task)
+        except BaseException as exc:
+            if src_fd >= 0:
+                os.close(src_fd)
+            raise name_file(exc, task) from None
+        r = task.row
+        f = _File(task, src_fd, tmp_fd, r.size, os.fsdecode(r.src), os.fsdecode(r.dst),
+                  task.resume_from, task.resume_from, task.resume_crc, task.next_extent,
+                  task.resume_from, commit_idx=task.next_extent)
+        self.active.append(f)
+        if f.read_off >= f.size:
+            self.finish(f)
+
+    # -- completions --------------------------------------------------------------------
+
+    def complete(self, c: Completion) -> None:
+        tag = c.request.tag
+        assert isinstance(tag, _Tag)
+        f = tag.file
+        self.in_flight -= 1
+        f.in_flight -= 1
+        try:
+            res = c.result if c.ok else self.redo(c, f)
+            if c.request.op is IOOp.READ:
+                if res < tag.want:
+                    raise SourceChangedError(f"source {f.src!r} shrank while being copied",
+                                             path=f.src)
+                f.ready[c.request.offset] = (tag.slot, res)
+                self.checksum_and_write(f)
+            else:
+                self.written(f, tag.slot, c.request.offset, res)
+        except BaseException as exc:
+            raise name_file(exc, f.task) from None
+
+    def redo(self, c: Completion, f: _File) -> int:
+        """Redo a failed read or write under the retry policy (first attempt: the failure
+        already seen), synchronously on a queue of our own."""
+        req: IORequest = c.request
+        write = req.op is IOOp.WRITE
+        path = f.dst if write else f.src
+        err = c.errno or _errno.EIO
+        what = f"{req.op.value} {path!r} @{req.offset}+{req.length}"
+        seen = [False]
+
+        def attempt() -> int:
+            if not seen[0]:
+                seen[0] = True
+                raise IOBackendError(f"{req.op.value} of {path!r} failed: "
+                                     f"{os.strerror(err)}", errno=err, path=path
+                                     ) from OSError(err, os.strerror(err), path)
+            if self.retry_q is None:
+                self.retry_q = self.ctx.open_queue()
+            return queue_io(self.retry_q, write, req.fd, req.buf, req.offset, req.op.value,
+                            path)
+
+        return self.ctx.retry(attempt, what)
+
+    def checksum_and_write(self, f: _File) -> None:
+        """Checksum, in file order, every read that is ready; submit each one's write."""
+        ext = self.ctx.extent_size
+        prepared = 0
+        while f.crc_off in f.ready:
+            slot, n = f.ready.pop(f.crc_off)
+            mv = self.slots[slot][:n]
+            f.crc = crc32c(mv, f.crc)
+            f.ext_crc = crc32c(mv, f.ext_crc)
+            self.q.prep_write(f.tmp_fd, mv, f.crc_off, _Tag(f, slot, n))
+            f.in_flight += 1
+            self.in_flight += 1
+            prepared += 1
+            f.crc_off += n
+            if f.crc_off - f.ext_start == ext or f.crc_off == f.size:
+                f.ext_crcs[f.ext_idx] = (f.ext_crc, f.ext_start)
+                f.ext_idx += 1
+                f.ext_crc = 0
+                f.ext_start = f.crc_off
+        if prepared:
+            self.q.submit()
+
+    def written(self, f: _File, slot: int, offset: int, n: int) -> None:
+        crash_point("stage.after_write")
+        self.free.append(slot)
+        self.ctx.on_bytes(n)
+        f.done_bytes += n
+        ext = self.ctx.extent_size
+        idx = f.task.next_extent + (offset - f.task.resume_from) // ext
+        f.written[idx] = f.written.get(idx, 0) + n
+        # Commit, in order, each full extent whose bytes are all written.
+        while f.commit_idx in f.ext_crcs and f.written.get(f.commit_idx, 0) == ext:
+            ecrc, start = f.ext_crcs.pop(f.commit_idx)
+            end = start + ext
+            if end >= f.size:
+                break  # the last extent: the final fsync and STAGED commit cover it
+            del f.written[f.commit_idx]
+            # Durable before the journal vouches for it; never retried (see module doc).
+            os.fdatasync(f.tmp_fd)
+            self.ctx.commit_extents([(f.task.row.id, f.commit_idx, ext, ecrc, end)])
+            f.commit_idx += 1
+        if f.done_bytes == f.size - f.task.resume_from and f.in_flight == 0:
+            self.finish(f)
+
+    def finish(self, f: _File) -> None:
+        """Every byte is written: check the source, fsync, hand the result over."""
+        task = f.task
+        check_source_unchanged(f.src_fd, task)
+        apply_metadata(f.tmp_fd, task, self.ctx.copy_metadata)
+        if not planted("rename_before_fsync"):
+            fsync_fd(f.tmp_fd)
+        crash_point("stage.after_fsync")
+        self.active.remove(f)
+        f.close()
+        self.done.append(StageResult(task, f.crc, f.size, f.size - task.resume_from))
+
+    # -- teardown -----------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Wait for the kernel to let go of every buffer, then release everything."""
+        try:
+            self.q.close()
+        finally:
+            if self.retry_q is not None:
+                self.retry_q.close()
+            for f in self.active:
+                f.close()
+            self.active.clear()
+            self.slots.clear()
