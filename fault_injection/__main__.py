@@ -1,0 +1,7 @@
+"""``python -m fault_injection``: see :func:`fault_injection.cli.main`."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,125 @@
+"""One axlpy operation in its own process: ``python -m fault_injection.child '<json spec>'``.
+
+Spec keys: ``journal``, ``name``, ``type``, ``options``, ``pairs`` ([[src, dst], ...]),
+``op`` (``start`` = create + add + dispatch + wait; ``resume``; ``cancel``), ``ack`` (path),
+optional ``die_after_ack`` (SIGKILL self right after acknowledging, so nothing is closed
+cleanly), optional ``pause`` (``{"at": point, "hit": n, "file": path}``: on the n-th
+``crash_point(at)`` write ``file`` and SIGSTOP self; the harness mutates, then SIGCONTs).
+
+Before the operation starts the child calls ``access("/axlpy-fi-start-marker")``, so a
+syscall trace can tell Python's start-up from the operation. When the operation returned
+success it writes the acknowledgement file ``ack`` (fsynced, with its directory), which is
+what a caller would have reported to the outside world.
+
+Exit status: 0 success; 3 an :class:`axlpy.AxlError` was raised (a reported failure);
+4 any other exception; killed by a signal when a crash point or strace killed it. The last
+line on stdout is a JSON result ``{"ok", "state", "error_type", "error"}``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import traceback
+from typing import Any
+
+MARKER = "/axlpy-fi-start-marker"
+
+__all__ = ["MARKER", "main", "run"]
+
+
+def _install_pause(at: str, hit: int, flag: str) -> None:
+    """Wrap ``crash_point`` in every loaded axlpy module so the child stops at ``at``."""
+    import axlpy._crashpoints as cp
+
+    orig = cp.crash_point
+    count = {"n": 0}
+
+    def paused(name: str) -> None:
+        orig(name)
+        if name == at:
+            count["n"] += 1
+            if count["n"] == hit:
+                with open(flag, "w") as f:
+                    f.write(str(os.getpid()))
+                os.kill(os.getpid(), signal.SIGSTOP)
+
+    for mod in list(sys.modules.values()):
+        if (getattr(mod, "__name__", "") or "").startswith("axlpy") and \
+                getattr(mod, "crash_point", None) is orig:
+            mod.crash_point = paused  # type: ignore[attr-defined]
+
+
+def _ack(path: str, payload: dict[str, Any]) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, json.dumps(payload).encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    dfd = os.open(os.path.dirname(path) or ".", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def run(spec: dict[str, Any]) -> dict[str, Any]:
+    """Run the operation; returns the result dict (raises what axlpy raised)."""
+    import axlpy
+
+    j = axlpy.Journal(spec["journal"])
+    op = spec["op"]
+    if op == "start":
+        t = j.create(spec["name"], spec["type"], **spec.get("options", {}))
+        for src, dst in spec["pairs"]:
+            t.add(src, dst)
+        t.dispatch()
+        t.wait()
+    elif op == "resume":
+        t = j.open(spec["name"])
+        t.resume()
+        t.wait()
+    elif op == "cancel":
+        t = j.open(spec["name"])
+        t.cancel()
+    else:
+        raise SystemExit(f"unknown op {op!r}")
+    return {"ok": True, "state": t.state.value, "error_type": None, "error": None}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    spec = json.loads(args[0])
+    pause = spec.get("pause")
+    import axlpy  # noqa: F401  (load every module before wrapping crash_point)
+    import axlpy._transfer  # noqa: F401
+
+    if pause:
+        _install_pause(pause["at"], int(pause.get("hit", 1)), pause["file"])
+    os.access(MARKER, os.F_OK)
+    from axlpy import AxlError
+
+    try:
+        res = run(spec)
+    except AxlError as exc:
+        print(json.dumps({"ok": False, "state": None, "error_type": type(exc).__name__,
+                          "error": str(exc)}), flush=True)
+        return 3
+    except Exception as exc:
+        traceback.print_exc()
+        print(json.dumps({"ok": False, "state": None, "error_type": type(exc).__name__,
+                          "error": str(exc)}), flush=True)
+        return 4
+    if spec.get("ack") and res["state"] in ("COMPLETED", "CANCELLED"):
+        _ack(spec["ack"], {"op": spec["op"], "state": res["state"]})
+    print(json.dumps(res), flush=True)
+    if spec.get("die_after_ack"):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

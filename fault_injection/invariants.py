@@ -1,0 +1,182 @@
+"""What must be true on disk and in the journal, checked after every case.
+
+``expect`` names the documented outcome the harness reached:
+
+- ``complete``: every destination equals its source byte for byte (mode and mtime too with
+  metadata copy), every directory exists, nothing extra under the destination, sources
+  intact (move mode: gone), journal COMPLETED with ``complete`` as its last event;
+- ``cancelled``: nothing under any destination file name, sources intact, journal
+  CANCELLED with ``cancel`` as its last event;
+- ``not_dispatched``: the transfer never got past CREATED: nothing under the
+  destinations, sources intact, journal CREATED.
+
+Always: no temp file (:data:`axlpy._staging.TEMP_PATTERN`) anywhere under the sources or
+destinations, ``PRAGMA integrity_check`` says ok, and an acknowledged completion is still
+a completion. :func:`check_crashed` is the weaker check between a crash and recovery: no
+final name holds a partial or wrong file, and (move mode) every file is intact in the
+source or the destination.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import sqlite3
+from typing import Any
+
+from .scenarios import Layout, Manifest
+
+__all__ = ["check", "check_crashed", "journal_info", "temps_under"]
+
+
+def _sha(path: str) -> str | None:
+    try:
+        with open(path, "rb") as f:
+            return hashlib.file_digest(f, "sha256").hexdigest()
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+        return None
+
+
+def temps_under(*roots: str) -> list[str]:
+    """Every axlpy temp file below ``roots``."""
+    from axlpy._staging import TEMP_PATTERN
+
+    out: list[str] = []
+    for root in roots:
+        for dp, dns, fns in os.walk(root):
+            for n in fns + dns:
+                if TEMP_PATTERN.search(os.fsencode(n)):
+                    out.append(os.path.join(dp, n))
+    return out
+
+
+def _files_under(root: str) -> list[str]:
+    out: list[str] = []
+    for dp, _dns, fns in os.walk(root):
+        for n in fns:
+            out.append(os.path.relpath(os.path.join(dp, n), root))
+    return out
+
+
+def journal_info(path: str) -> dict[str, Any]:
+    """Integrity, state and transfer-level events of the journal (read in this process)."""
+    info: dict[str, Any] = {"integrity": None, "state": None, "events": [], "error": None}
+    if not os.path.exists(path):
+        info["error"] = "journal missing"
+        return info
+    try:
+        conn = sqlite3.connect(path, timeout=30)
+    except sqlite3.Error as exc:
+        info["error"] = f"cannot open: {exc}"
+        return info
+    try:
+        info["integrity"] = conn.execute("PRAGMA integrity_check").fetchone()[0]
+        row = conn.execute("SELECT id, state FROM transfers WHERE name = 'xfer'").fetchone()
+        if row is not None:
+            info["state"] = row[1]
+            info["events"] = [r[0] for r in conn.execute(
+                "SELECT event FROM events WHERE transfer_id = ? AND file_id IS NULL "
+                "ORDER BY id", (row[0],))]
+            info["file_states"] = [r[0] for r in conn.execute(
+                "SELECT state FROM files WHERE transfer_id = ?", (row[0],))]
+    except sqlite3.Error as exc:
+        info["error"] = f"{type(exc).__name__}: {exc}"
+    finally:
+        conn.close()
+    return info
+
+
+def _dst_path(lay: Layout, rel: str) -> str:
+    return os.path.join(lay.dst, rel)
+
+
+def _src_path(lay: Layout, rel: str) -> str:
+    return os.path.join(lay.src, rel)
+
+
+def acked(lay: Layout) -> str | None:
+    """The state the child acknowledged (COMPLETED/CANCELLED), if any."""
+    with contextlib.suppress(FileNotFoundError, ValueError):
+        with open(lay.ack) as f:
+            return str(json.load(f)["state"])
+    return None
+
+
+def check_crashed(lay: Layout, man: Manifest) -> list[str]:
+    """Between a crash and recovery: no wrong file under a final name; nothing lost."""
+    bad: list[str] = []
+    for rel, m in man["files"].items():
+        d = _sha(_dst_path(lay, rel))
+        s = _sha(_src_path(lay, rel))
+        if d is not None and d != m["sha256"]:
+            bad.append(f"final name {rel!r} holds a partial or wrong file")
+        if s is not None and s != m["sha256"]:
+            bad.append(f"source {rel!r} was modified")
+        if man["move"]:
+            if d != m["sha256"] and s != m["sha256"]:
+                bad.append(f"move mode: {rel!r} is intact in neither source nor destination")
+        elif s is None:
+            bad.append(f"source {rel!r} was deleted (not move mode)")
+    return bad
+
+
+def check(lay: Layout, man: Manifest, expect: str) -> list[str]:
+    """Invariants after recovery; returns a list of violations (empty: passed)."""
+    bad: list[str] = []
+    j = journal_info(lay.journal)
+    if j["error"]:
+        bad.append(f"journal: {j['error']}")
+    elif j["integrity"] != "ok":
+        bad.append(f"journal integrity_check: {j['integrity']}")
+    temps = temps_under(*(p for p in (lay.src, lay.dst) if os.path.isdir(p)))
+    if temps:
+        bad.append(f"temp files left: {temps}")
+    ack = acked(lay)
+    if ack == "COMPLETED" and expect != "complete":
+        bad.append(f"an acknowledged completion was lost (outcome {expect})")
+    files = man["files"]
+    events = j.get("events") or []
+    if expect == "complete":
+        if j["state"] != "COMPLETED":
+            bad.append(f"journal state {j['state']}, expected COMPLETED")
+        if not events or events[-1] != "complete":
+            bad.append(f"last event {events[-1:]} is not 'complete'")
+        for rel, m in files.items():
+            p = _dst_path(lay, rel)
+            got = _sha(p)
+            if got is None:
+                bad.append(f"destination {rel!r} missing")
+                continue
+            if got != m["sha256"]:
+                bad.append(f"destination {rel!r} differs from its source")
+            if man["metadata"]:
+                st = os.stat(p)
+                if st.st_mode & 0o7777 != m["mode"] or st.st_mtime_ns != m["mtime_ns"]:
+                    bad.append(f"destination {rel!r} metadata not copied")
+        for rel in man["dirs"]:
+            if not os.path.isdir(_dst_path(lay, rel)):
+                bad.append(f"destination directory {rel!r} missing")
+        extra = set(_files_under(lay.dst)) - set(files) if os.path.isdir(lay.dst) else set()
+        if extra:
+            bad.append(f"unexpected files under destination: {sorted(extra)}")
+        for rel, m in files.items():
+            s = _sha(_src_path(lay, rel))
+            if man["move"] and s is not None:
+                bad.append(f"move mode: source {rel!r} not deleted after COMPLETED")
+            if not man["move"] and s != m["sha256"]:
+                bad.append(f"source {rel!r} not intact")
+        return bad
+    want_state = {"cancelled": "CANCELLED", "not_dispatched": "CREATED"}[expect]
+    if j["state"] != want_state:
+        bad.append(f"journal state {j['state']}, expected {want_state}")
+    if expect == "cancelled" and (not events or events[-1] != "cancel"):
+        bad.append(f"last event {events[-1:]} is not 'cancel'")
+    left = _files_under(lay.dst) if os.path.isdir(lay.dst) else []
+    if left:
+        bad.append(f"{expect}: files left under destination: {sorted(left)}")
+    for rel, m in files.items():
+        if _sha(_src_path(lay, rel)) != m["sha256"]:
+            bad.append(f"source {rel!r} not intact")
+    return bad
