@@ -48,6 +48,11 @@ SCHEMA_VERSION = 1
 APPLICATION_ID = 0x41584C50  # "AXLP"
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 
+#: ``AXLPY_PROFILE_JOURNAL=1`` (off by default): time spent inside journal transactions,
+#: BEGIN to durable COMMIT, summed over the process (read by ``bench/``)
+_PROFILE = os.environ.get("AXLPY_PROFILE_JOURNAL", "") == "1"
+PROFILE_STATS: dict[str, float] = {"seconds": 0.0, "count": 0}
+
 
 @dataclass(frozen=True)
 class Owner:
@@ -301,8 +306,20 @@ class JournalDB:
     @contextmanager
     def transaction(self) -> Iterator[sqlite_utils.Database]:
         """One durable transaction (under the connection lock)."""
-        with self._lock, self.db.atomic():
-            yield self.db
+        with self._lock:
+            if not _PROFILE:
+                with self.db.atomic():
+                    yield self.db
+                return
+            # Timed from holding the lock to the durable COMMIT, so waits for the lock
+            # by other threads are not counted twice.
+            t0 = time.perf_counter()
+            try:
+                with self.db.atomic():
+                    yield self.db
+            finally:
+                PROFILE_STATS["seconds"] += time.perf_counter() - t0
+                PROFILE_STATS["count"] += 1
 
     def _event(self, tid: int, event: str, *, file_id: int | None = None,
                frm: str | None = None, to: str | None = None, detail: str | None = None,
