@@ -1,7 +1,8 @@
 """The MPI program the tests in this directory launch under a real ``mpiexec``.
 
-Usage: ``mpiexec -n N python mpi_prog.py SCENARIO WORKDIR [options]``. Every rank prints
-one line ``RESULT <json>`` with what it saw; the tests parse those lines.
+Usage: ``mpiexec -n N python mpi_prog.py SCENARIO WORKDIR [options]``. Every rank writes
+what it saw to ``WORKDIR/result-<rank>.json`` (not stdout: hydra interleaves the ranks'
+output); the tests read those files.
 
 Layout under WORKDIR: ``src/rank-<r>/`` (each rank's node-local sources, written by the
 rank), ``shared/ckpt/`` (the checkpoint directory), ``journals/`` (``rank-<r>.db``).
@@ -28,8 +29,14 @@ def make_sources(root: str, rank: int, nfiles: int, size: int) -> None:
             f.write(rng.randbytes(size))
 
 
+_WORKDIR = ""
+
+
 def report(rank: int, **kw: Any) -> None:
-    print("RESULT " + json.dumps(dict(rank=rank, **kw)), flush=True)
+    path = os.path.join(_WORKDIR, f"result-{rank}.json")
+    with open(path + ".tmp", "w") as f:
+        json.dump(dict(rank=rank, **kw), f)
+    os.rename(path + ".tmp", path)
 
 
 def main() -> int:
@@ -46,6 +53,8 @@ def main() -> int:
     p.add_argument("--policy", default="keep")
     p.add_argument("--timeout", type=float, default=1.0)
     a = p.parse_args()
+    global _WORKDIR
+    _WORKDIR = a.workdir
 
     from mpi4py import MPI
 
