@@ -114,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
                           "error": str(exc)}), flush=True)
         return 4
     if spec.get("ack") and res["state"] in ("COMPLETED", "CANCELLED"):
-        _ack(spec["ack"], {"op": spec["op"], "state": res["state"]})
+        _ack(spec["ack"], {"op": spec["op"], "state": res["state"],
+                           "tag": spec.get("ack_tag")})
     print(json.dumps(res), flush=True)
     if spec.get("die_after_ack"):
         os.kill(os.getpid(), signal.SIGKILL)

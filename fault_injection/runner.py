@@ -138,8 +138,11 @@ def recover(lay: Layout, man: Manifest, scen_spec: Callable[[str], dict[str, Any
         e = dict(env, AXLPY_CRASH_TRACE=trace)
         if crash_at and rnd == 0:
             e.update(AXLPY_CRASH_AT=crash_at[0], AXLPY_CRASH_HIT=str(crash_at[1]))
-        r = run_child(scen_spec(op), e)
+        tag = f"{os.getpid()}-{time.monotonic_ns()}"
+        r = run_child(dict(scen_spec(op), ack_tag=tag), e)
         reached |= set(trace_counts(trace))
+        if r.killed and _ack_tag(lay.ack) == tag:
+            r = ChildResult(0, {"ok": True}, r.stdout, r.stderr)  # acknowledged, then died
         if r.killed:
             labels.append(f"{op}:killed")
             if not (crash_at and rnd == 0):
@@ -168,6 +171,14 @@ def recover(lay: Layout, man: Manifest, scen_spec: Callable[[str], dict[str, Any
         return Recovery("+".join(labels + ["error"]), None, problems, reached)
     problems.append("recovery did not finish in time")
     return Recovery("+".join(labels), None, problems, reached)
+
+
+def _ack_tag(path: str) -> str | None:
+    try:
+        with open(path) as f:
+            return str(json.load(f).get("tag"))
+    except (OSError, ValueError):
+        return None
 
 
 def _label(labels: list[str], expect: str) -> str:
