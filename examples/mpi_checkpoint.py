@@ -27,6 +27,7 @@ import os
 import shutil
 import signal
 import time
+from pathlib import Path
 
 from mpi4py import MPI
 
@@ -90,10 +91,9 @@ def main() -> int:
     latest = amp.latest_valid_checkpoint(shared)
     if latest is not None and latest.manifest is not None:
         start = int(latest.manifest.meta["step"])
-        with open(os.path.join(latest.path, f"rank-{rank}", "state.bin"), "rb") as f:
-            state = f.read()
-        with open(os.path.join(latest.path, f"rank-{rank}", "meta.json")) as f:
-            assert json.load(f)["digest"] == digest(state)
+        mine = Path(latest.path, f"rank-{rank}")
+        state = (mine / "state.bin").read_bytes()
+        assert json.loads((mine / "meta.json").read_text())["digest"] == digest(state)
         say(f"restarting from {latest.path} (step {start})")
     else:
         start = 0
@@ -127,10 +127,9 @@ def main() -> int:
         name = f"step-{step:06d}"
         d = os.path.join(local, name)
         os.makedirs(d, exist_ok=True)
-        with open(os.path.join(d, "state.bin"), "wb") as f:
-            f.write(state)
-        with open(os.path.join(d, "meta.json"), "w") as f:
-            json.dump({"step": step, "rank": rank, "digest": digest(state)}, f)
+        Path(d, "state.bin").write_bytes(state)
+        Path(d, "meta.json").write_text(json.dumps(
+            {"step": step, "rank": rank, "digest": digest(state)}))
         inflight = amp.CommTransfer.create(
             comm, name, a.type, journal_dir=jdir,
             checkpoint_dir=os.path.join(shared, name), meta={"step": step})
