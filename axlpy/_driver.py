@@ -587,6 +587,7 @@ class Driver:
         rows = self.jdb.files(self.t.id)
         buf = bytearray(4 << 20)
         touched: dict[int, None] = {}
+        skipped: set[tuple[bytes, bytes]] = set()
         # Directories are opened like a run opens them (below each root with O_NOFOLLOW),
         # never created: a directory swapped for a symlink is refused, not followed.
         with DirCache(mkdirs=False,
@@ -597,10 +598,18 @@ class Driver:
                     continue
                 self._check_inside_roots(r)
                 d, name = _dir_and_name(r.rel)
+                if (r.root, d) in skipped:
+                    continue
                 try:
                     dfd = dirs.open(r.root, d)
                 except (FileNotFoundError, NotADirectoryError):
                     continue  # its directory is gone: nothing of ours is left there
+                except SecurityError as exc:
+                    # A run never follows that symlink either, so nothing of ours is
+                    # behind it: skip it (said in the event log), do not follow it.
+                    skipped.add((r.root, d))
+                    self.jdb.record_event(self.t.id, "cancel-skipped-symlink", str(exc))
+                    continue
                 touched[dfd] = None
                 if r.tmp and unlink_quiet(dfd, r.tmp):
                     crash_point("cancel.after_unlink_temp")
