@@ -1,0 +1,262 @@
+"""Rule 6: transfers run while another thread or process really races them, swapping a
+destination directory for a symlink (the rename dance) and replacing temps with symlinks.
+
+Whatever the interleaving: nothing is ever written outside the destination (the decoy
+stays byte-for-byte as it was), every transfer completes or fails with a clear error
+(SecurityError or TransferError), and a final name never holds a partial or foreign file.
+Each test is bounded to a few seconds of racing so it runs in CI.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from sec_helpers import final_files, snapshot
+
+import axlpy
+from axlpy._staging import TEMP_PATTERN
+
+RACE_SECONDS = 2.0
+#: errors a raced transfer may end with; anything else fails the test
+CLEAR_ERRORS = (axlpy.SecurityError, axlpy.TransferError)
+#: the message of every error a raced transfer ended with (printed with -s)
+MESSAGES: list[str] = []
+
+
+class Attacker(threading.Thread):
+    """Calls ``step`` in a loop until stopped, ignoring the OSErrors a race produces."""
+
+    def __init__(self, step: Callable[[], bool]) -> None:
+        super().__init__(daemon=True)
+        self.step = step
+        self.stop = threading.Event()
+        self.hits = 0
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            try:
+                if self.step():
+                    self.hits += 1
+            except OSError:
+                pass
+
+    def __enter__(self) -> Attacker:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.join()
+
+
+def make_source(root: Path, sizes: dict[str, int]) -> dict[str, bytes]:
+    """Files with unique basenames (so a copy is recognisable wherever it lands)."""
+    out = {}
+    for rel, size in sizes.items():
+        p = root / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        data = os.urandom(size)
+        p.write_bytes(data)
+        out[os.path.basename(rel)] = data
+    return out
+
+
+def run_transfers(journal: axlpy.Journal, src: Path, dst: Path, **opts: object) -> Counter[str]:
+    """Create and dispatch transfers of ``src`` -> ``dst`` until the race time is up."""
+    outcomes: Counter[str] = Counter()
+    deadline = time.monotonic() + RACE_SECONDS
+    i = 0
+    while time.monotonic() < deadline or i < 3:
+        t = journal.create(f"t{i}", "sync", chunk_size=65536, extent_size=65536, **opts)
+        i += 1
+        try:
+            t.add(src, dst)
+            t.dispatch()
+        except CLEAR_ERRORS as exc:
+            outcomes[type(exc).__name__] += 1
+            MESSAGES.append(f"{type(exc).__name__}: {exc}")
+            continue
+        assert t.state is axlpy.TransferState.COMPLETED
+        outcomes["completed"] += 1
+    return outcomes
+
+
+def check_outcome(dst: Path, contents: dict[str, bytes], outcomes: Counter[str],
+                  allowed_links: set[bytes] = frozenset()) -> None:  # type: ignore[assignment]
+    """Every final name under ``dst`` holds a complete, correct copy of its source (or
+    is the attacker's own symlink); after a completed transfer every file is somewhere."""
+    found: dict[str, bytes] = {}
+    for path, data in final_files(dst).items():
+        name = os.fsdecode(os.path.basename(path))
+        if data == b"<symlink>":
+            assert os.path.basename(path) in allowed_links, f"{path!r} became a symlink"
+            continue
+        assert name in contents, f"unexpected file {path!r}"
+        assert data == contents[name], f"{path!r} is partial or foreign"
+        found[name] = data
+    if outcomes["completed"]:
+        assert set(found) == set(contents)
+
+
+@pytest.fixture
+def decoy(tmp_path: Path) -> Path:
+    d = tmp_path / "decoy"
+    d.mkdir()
+    (d / "keep").write_bytes(b"victim data")
+    return d
+
+
+def test_directory_swapped_for_symlink_by_a_thread(journal, tmp_path, decoy):
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    contents = make_source(src, {**{f"sub/f{i}": 16384 for i in range(8)},
+                                 "sub/deep/g0": 40000, "sub/deep/g1": 1, "top": 5000})
+    dst.mkdir()
+    before = snapshot(decoy)
+    sub, hidden = dst / "sub", dst / ".sub.real"
+
+    def swap() -> bool:
+        # The rename dance: move the real directory aside, put a symlink to the decoy
+        # in its place for a moment, then put the real one back.
+        os.rename(sub, hidden)
+        try:
+            os.symlink(decoy, sub)
+            time.sleep(0.0002)
+            os.unlink(sub)
+        finally:
+            os.rename(hidden, sub)
+        return True
+
+    with Attacker(swap) as attacker:
+        outcomes = run_transfers(journal, src, dst)
+    assert snapshot(decoy) == before, "something was written through the symlink"
+    assert attacker.hits > 10, "the attacker never got to race"
+    check_outcome(dst, contents, outcomes, allowed_links={b"sub"})
+    print(f"\ndir swap: {attacker.hits} swaps, outcomes {dict(outcomes)}")
+
+
+def test_directory_replaced_by_symlink_that_stays(journal, tmp_path, decoy):
+    """The attacker swaps the directory and leaves the symlink for most of the time:
+    transfers must be refused (not follow it), never write the decoy."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    contents = make_source(src, {f"sub/f{i}": 4096 for i in range(4)})
+    dst.mkdir()
+    before = snapshot(decoy)
+    sub, aside = dst / "sub", dst / ".aside"
+
+    def swap() -> bool:
+        if os.path.isdir(sub) and not os.path.islink(sub):
+            os.rename(sub, aside)  # keep our directory (and what we wrote) around
+            os.symlink(decoy, sub)
+            return True
+        time.sleep(0.001)
+        if os.path.islink(sub):
+            os.unlink(sub)  # let a transfer mkdir it again now and then
+            time.sleep(0.0005)
+            if not os.path.lexists(sub):
+                os.symlink(decoy, sub)
+        return False
+
+    with Attacker(swap):
+        outcomes = run_transfers(journal, src, dst)
+    assert snapshot(decoy) == before
+    assert outcomes["SecurityError"] >= 1, outcomes
+    check_outcome(dst, contents, outcomes, allowed_links={b"sub"})
+
+
+def test_temp_replaced_by_symlink_by_a_thread(journal, tmp_path, decoy):
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    contents = make_source(src, {f"d/big{i}": 1 << 20 for i in range(3)})
+    (dst / "d").mkdir(parents=True)
+    before = snapshot(decoy)
+    d = dst / "d"
+
+    def swap_temps() -> bool:
+        hit = False
+        with os.scandir(d) as it:
+            names = [e.name for e in it if TEMP_PATTERN.search(os.fsencode(e.name))
+                     and not e.is_symlink()]
+        for n in names:
+            os.symlink(decoy / "keep", d / ".evil")
+            os.rename(d / ".evil", d / n)  # atomically replaces the temp
+            hit = True
+        return hit
+
+    with Attacker(swap_temps) as attacker:
+        outcomes = run_transfers(journal, src, dst)
+    for leftover in (d / ".evil",):
+        if os.path.lexists(leftover):
+            os.unlink(leftover)
+    assert snapshot(decoy) == before, "a write went through the planted symlink"
+    assert attacker.hits >= 1, "the attacker never found a temp to replace"
+    assert outcomes["SecurityError"] >= 1, outcomes
+    # No symlink was ever renamed to a final name; final files are whole.
+    check_outcome(dst, contents, outcomes)
+    print(f"\ntemp swap: {attacker.hits} replacements, outcomes {dict(outcomes)}")
+
+
+ATTACKER = textwrap.dedent("""
+    import os, re, sys, time
+    dst, decoy, seconds = sys.argv[1], sys.argv[2], float(sys.argv[3])
+    temp = re.compile(r"\\.axlpy-[0-9a-f]{8}-\\d+-\\d+$")
+    sub, hidden = os.path.join(dst, "sub"), os.path.join(dst, ".sub.real")
+    end = time.monotonic() + seconds
+    swaps = temps = 0
+    print("ready", flush=True)
+    while time.monotonic() < end:
+        try:
+            os.rename(sub, hidden)
+            try:
+                os.symlink(decoy, sub)
+                os.unlink(sub)
+            finally:
+                os.rename(hidden, sub)
+            swaps += 1
+        except OSError:
+            pass
+        try:
+            for n in os.listdir(sub):
+                if temp.search(n):
+                    evil = os.path.join(sub, ".evil")
+                    os.symlink(os.path.join(decoy, "keep"), evil)
+                    os.rename(evil, os.path.join(sub, n))
+                    temps += 1
+        except OSError:
+            pass
+    print(swaps, temps)
+""")
+
+
+def test_another_process_swaps_dirs_and_temps(journal, tmp_path, decoy):
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    contents = make_source(src, {**{f"sub/f{i}": 200_000 for i in range(6)},
+                                 "sub/deep/g": 1000})
+    dst.mkdir()
+    before = snapshot(decoy)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", ATTACKER, str(dst), str(decoy), str(RACE_SECONDS + 1)],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "ready"
+        outcomes = run_transfers(journal, src, dst)
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    swaps, temps = map(int, out.split())
+    assert swaps > 10
+    if os.path.lexists(dst / "sub" / ".evil"):
+        os.unlink(dst / "sub" / ".evil")
+    assert snapshot(decoy) == before
+    check_outcome(dst, contents, outcomes, allowed_links={b"sub"})
+    print(f"\nprocess: {swaps} dir swaps, {temps} temp swaps, outcomes {dict(outcomes)}")
