@@ -131,11 +131,16 @@ _FILE_COLS = (
 )
 
 
+def _blob(v: Any) -> bytes:
+    # Paths are BLOBs; a row edited by hand (sqlite3 CLI, ``||``) may hold TEXT instead.
+    return os.fsencode(v) if isinstance(v, str) else bytes(v)
+
+
 def _file_row(r: Sequence[Any]) -> FileRow:
     return FileRow(
-        r[0], r[1], bytes(r[2]), bytes(r[3]), bytes(r[4]), bytes(r[5]),
-        bytes(r[6]) if r[6] is not None else None, r[7], r[8], r[9], r[10], r[11],
-        bytes(r[12]) if r[12] is not None else None, r[13], FileState(r[14]), r[15], r[16],
+        r[0], r[1], _blob(r[2]), _blob(r[3]), _blob(r[4]), _blob(r[5]),
+        _blob(r[6]) if r[6] is not None else None, r[7], r[8], r[9], r[10], r[11],
+        _blob(r[12]) if r[12] is not None else None, r[13], FileState(r[14]), r[15], r[16],
     )
 
 
