@@ -1,0 +1,1322 @@
+"""The ``axlpy`` command line: copy, inspect, resume, cancel, verify and clean up transfers.
+
+Every command reads or writes one journal: ``--journal PATH``, else ``$AXLPY_JOURNAL``,
+else ``~/.local/state/axlpy/journal.db`` (see :func:`axlpy.default_journal_path`). Read
+commands (``ls``, ``status``, ``verify``, ``gc``, ``latest``) never write to the journal
+or to the files they look at, except ``gc --delete``, which removes only the temp files it
+listed. ``--json`` output is versioned (``"version": 1``) and documented in docs/cli.md.
+
+Exit codes (also in ``axlpy --help``): 0 success; 1 failure (a transfer failed, verify
+found a mismatch, a journal or filesystem error); 2 usage error (bad arguments, unknown
+transfer name, an operation the transfer's state does not allow); 3 interrupted but
+resumable (Ctrl-C during ``cp`` or ``resume``, or ``status --watch`` saw the owner die):
+the journal and the temps are intact, and the printed ``axlpy resume`` finishes the job.
+
+On disk if this process dies at any moment: exactly what the library guarantees (see
+docs/design.md); the command line adds no state of its own besides the journal.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import datetime as _dt
+import functools
+import json
+import logging
+import os
+import shlex
+import shutil
+import stat
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import IO, Any, NoReturn, TypeVar
+
+import click
+
+from ._checksum import crc32c, file_crc32c
+from ._config import default_journal_path
+from ._driver import Progress
+from ._errors import (
+    AxlError,
+    JournalError,
+    OwnershipError,
+    SecurityError,
+    TransferError,
+    UsageError,
+)
+from ._journal import FileRow, Owner, TransferRow
+from ._staging import TEMP_PATTERN
+from ._state import FileState, TransferState
+from ._transfer import Journal, Transfer, TransferType
+
+__all__ = [
+    "EXIT_FAILURE",
+    "EXIT_INTERRUPTED",
+    "EXIT_OK",
+    "EXIT_USAGE",
+    "JSON_VERSION",
+    "cli",
+    "main",
+]
+
+log = logging.getLogger("axlpy.cli")
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 3
+
+#: bumped only when a field of the ``--json`` output changes meaning or disappears
+JSON_VERSION = 1
+
+_T = TransferState
+_F = FileState
+
+EXIT_CODES_HELP = """\b
+Exit codes:
+  0  success
+  1  failure: a transfer failed, verify found a mismatch, journal or I/O error
+  2  usage error: bad arguments, unknown transfer, state does not allow it
+  3  interrupted but resumable: run the printed `axlpy resume` command
+"""
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+# -- settings shared by the group and every command ----------------------------------------
+
+
+@dataclass
+class _Settings:
+    journal: str | None = None
+    verbose: int = 0
+    debug: bool = False
+
+
+def _settings() -> _Settings:
+    ctx = click.get_current_context()
+    root = ctx.find_root()
+    s = root.meta.get("axlpy.settings")
+    if not isinstance(s, _Settings):
+        s = _Settings()
+        root.meta["axlpy.settings"] = s
+    return s
+
+
+def _set_journal(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    if value is not None:
+        _settings().journal = value
+
+
+def _set_verbose(ctx: click.Context, param: click.Parameter, value: int) -> None:
+    if value:
+        _settings().verbose = max(_settings().verbose, value)
+
+
+def _set_debug(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    if value:
+        _settings().debug = True
+
+
+def _common_options(f: F) -> F:
+    """``--journal``, ``-v`` and ``--debug``, accepted before or after the command name."""
+    f = click.option(
+        "--debug", is_flag=True, expose_value=False, is_eager=True, callback=_set_debug,
+        help="Show a full traceback on errors.",
+    )(f)
+    f = click.option(
+        "-v", "--verbose", count=True, expose_value=False, is_eager=True,
+        callback=_set_verbose, help="Log what happens (-vv: debug detail) on stderr.",
+    )(f)
+    f = click.option(
+        "--journal", metavar="PATH", expose_value=False, is_eager=True,
+        callback=_set_journal,
+        help="Journal file [default: $AXLPY_JOURNAL or ~/.local/state/axlpy/journal.db].",
+    )(f)
+    return f
+
+
+def _journal_path() -> str:
+    s = _settings()
+    return os.path.abspath(s.journal if s.journal else default_journal_path())
+
+
+def _journal_arg() -> str:
+    """``--journal PATH`` for a printed command, unless the journal is the built-in
+    default (so the command also works in a shell without $AXLPY_JOURNAL)."""
+    path = _journal_path()
+    saved = os.environ.pop("AXLPY_JOURNAL", None)
+    try:
+        builtin = os.path.abspath(default_journal_path())
+    finally:
+        if saved is not None:
+            os.environ["AXLPY_JOURNAL"] = saved
+    return "" if path == builtin else f" --journal {shlex.quote(path)}"
+
+
+def _cmd(verb: str, name: str) -> str:
+    return f"axlpy {verb}{_journal_arg()} {shlex.quote(name)}"
+
+
+# -- logging and errors --------------------------------------------------------------------
+
+
+class _EchoHandler(logging.Handler):
+    """Writes log records through click (so CliRunner captures them) to stderr."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            click.echo(f"axlpy: {record.levelname.lower()}: {self.format(record)}", err=True)
+        except Exception:  # pragma: no cover - logging must never break the command
+            self.handleError(record)
+
+
+def _setup_logging(verbose: int) -> None:
+    logger = logging.getLogger("axlpy")
+    for h in list(logger.handlers):
+        if isinstance(h, _EchoHandler):
+            logger.removeHandler(h)
+    if verbose <= 0:
+        logger.setLevel(logging.WARNING)
+    else:
+        logger.setLevel(logging.INFO if verbose == 1 else logging.DEBUG)
+    handler = _EchoHandler()
+    handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+    logger.addHandler(handler)
+    logger.propagate = False
+
+
+class CliError(click.ClickException):
+    """One line on stderr, ``axlpy: error: ...``; exit code 1 (failure)."""
+
+    exit_code = EXIT_FAILURE
+
+    def show(self, file: IO[Any] | None = None) -> None:
+        click.echo(f"axlpy: error: {self.format_message()}", err=True, file=file)
+
+
+class CliUsageError(CliError):
+    """Like :class:`CliError`, exit code 2: the command cannot be done as asked."""
+
+    exit_code = EXIT_USAGE
+
+
+def _hint(exc: BaseException) -> str:
+    """What to do next, for the errors a person can act on."""
+    if isinstance(exc, OwnershipError):
+        return ("wait for it (axlpy status --watch NAME); --force takes over a transfer "
+                "whose owner is on another host and known dead")
+    if isinstance(exc, SecurityError):
+        return ""  # the message already says what to do
+    if isinstance(exc, JournalError):
+        return "check --journal / $AXLPY_JOURNAL"
+    if isinstance(exc, TransferError) and exc.transfer:
+        return (f"fix the cause, then `{_cmd('resume', exc.transfer)}`, "
+                f"or undo it with `{_cmd('cancel', exc.transfer)}`")
+    return ""
+
+
+def _one_line(exc: BaseException) -> str:
+    msg = " ".join(str(exc).split()) or type(exc).__name__
+    hint = _hint(exc)
+    return f"{msg}; {hint}" if hint else msg
+
+
+def _os_error_line(exc: OSError) -> str:
+    what = exc.strerror or str(exc)
+    where = exc.filename if exc.filename is not None else ""
+    if isinstance(where, bytes):
+        where = _show(where)
+    return f"{what}: {where!s}" if where else what
+
+
+def _handle_errors(f: F) -> F:
+    """Turn library errors into one line on stderr and the documented exit code."""
+
+    @functools.wraps(f)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        s = _settings()
+        _setup_logging(s.verbose)
+        log.debug("journal %s", _journal_path())
+        try:
+            return f(*args, **kwargs)
+        except click.ClickException:
+            raise
+        except UsageError as exc:
+            if s.debug:
+                raise
+            raise CliUsageError(_one_line(exc)) from exc
+        except AxlError as exc:
+            if s.debug:
+                raise
+            raise CliError(_one_line(exc)) from exc
+        except OSError as exc:
+            if s.debug:
+                raise
+            raise CliError(_os_error_line(exc)) from exc
+
+    return wrapper  # type: ignore[return-value]
+
+
+# -- formatting ----------------------------------------------------------------------------
+
+
+def _show(p: bytes | str) -> str:
+    """A path for people: bytes that are not UTF-8 are shown as ``\\xNN``."""
+    b = os.fsencode(p) if isinstance(p, str) else p
+    return b.decode("utf-8", "backslashreplace")
+
+
+def _path_fields(key: str, p: bytes | None) -> dict[str, Any]:
+    """``{key: str}`` for JSON, plus ``{key}_b64`` with the raw bytes when they are not
+    valid UTF-8 (the str then holds ``\\udcNN`` escapes, Python's surrogateescape)."""
+    if p is None:
+        return {key: None}
+    out: dict[str, Any] = {key: os.fsdecode(p)}
+    try:
+        p.decode("utf-8")
+    except UnicodeDecodeError:
+        out[key + "_b64"] = base64.b64encode(p).decode("ascii")
+    return out
+
+
+def _human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} PiB"  # pragma: no cover
+
+
+def _human_duration(sec: float) -> str:
+    sec = max(0, int(sec))
+    if sec < 3600:
+        return f"{sec // 60}:{sec % 60:02d}"
+    return f"{sec // 3600}:{sec % 3600 // 60:02d}:{sec % 60:02d}"
+
+
+def _human_age(sec: float) -> str:
+    sec = max(0.0, sec)
+    if sec < 60:
+        return f"{sec:.0f}s"
+    if sec < 3600:
+        return f"{sec / 60:.0f}m"
+    if sec < 86400:
+        return f"{sec / 3600:.1f}h"
+    return f"{sec / 86400:.1f}d"
+
+
+def _iso(ns: int | None) -> str | None:
+    if ns is None:
+        return None
+    return _dt.datetime.fromtimestamp(ns / 1e9, _dt.UTC).isoformat(timespec="milliseconds")
+
+
+def _crc_hex(v: int | None) -> str | None:
+    return None if v is None else f"{v & 0xFFFFFFFF:08x}"
+
+
+def _emit_json(obj: Any) -> None:
+    # ensure_ascii: a path with undecodable bytes becomes "\udcNN", never invalid output
+    click.echo(json.dumps(obj, ensure_ascii=True, sort_keys=False))
+
+
+def _table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+             for r in [header, *rows]]
+    return "\n".join(lines)
+
+
+# -- journal access ------------------------------------------------------------------------
+
+
+def _open_journal(*, create: bool) -> Journal:
+    path = _journal_path()
+    if not create and not os.path.exists(path):
+        raise UsageError(f"no journal at {path!r} (nothing was copied with it yet); "
+                         "pass --journal PATH or set AXLPY_JOURNAL")
+    return Journal(path, create=create)
+
+
+def _row(j: Journal, name: str) -> TransferRow:
+    row = j.db.transfer(name)
+    if row is None:
+        names = j.names()
+        more = f"; transfers in it: {', '.join(names[-5:])}" if names else " (it is empty)"
+        raise UsageError(f"no transfer named {name!r} in journal {j.path!r}{more}")
+    return row
+
+
+def _owner_info(o: Owner | None) -> dict[str, Any] | None:
+    if o is None:
+        return None
+    return {"pid": o.pid, "host": o.host, "alive": o.alive()}
+
+
+def _owner_text(info: dict[str, Any] | None) -> str:
+    if info is None:
+        return "-"
+    alive = {True: "alive", False: "dead", None: "other host"}[info["alive"]]
+    return f"{info['pid']}@{info['host']} ({alive})"
+
+
+def _is_live(row: TransferRow) -> bool:
+    """Is some process (possibly on another host) working on this transfer now?"""
+    if row.state.is_final or row.owner is None:
+        return False
+    return row.owner.alive() is not False
+
+
+def _next_steps(row: TransferRow) -> list[str]:
+    """What an operator should run next, for a transfer in this state."""
+    n = row.name
+    s = row.state
+    if s is _T.COMPLETED:
+        return [_cmd("verify", n), _cmd("free", n)]
+    if s is _T.CANCELLED:
+        return [_cmd("free", n)]
+    if s is _T.CREATED:
+        return [_cmd("free", n)]
+    if _is_live(row):
+        return [_cmd("status --watch", n)]
+    return [_cmd("resume", n), _cmd("cancel", n)]
+
+
+def _transfer_info(j: Journal, row: TransferRow) -> dict[str, Any]:
+    b, bt, f, ft = j.db.progress(row.id)
+    now = time.time_ns()
+    owner = _owner_info(row.owner)
+    return {
+        "name": row.name,
+        "type": row.type,
+        "state": row.state.value,
+        "live": _is_live(row),
+        "files_done": f,
+        "files_total": ft,
+        "bytes_done": b,
+        "bytes_total": bt,
+        "created": _iso(row.created_ns),
+        "updated": _iso(row.updated_ns),
+        "age_seconds": round((now - row.created_ns) / 1e9, 3),
+        "owner": owner,
+        "move": bool(row.options.get("move", False)),
+        "error": row.error,
+        "next": _next_steps(row),
+    }
+
+
+def _file_info(r: FileRow) -> dict[str, Any]:
+    done = r.size if r.state in (_F.STAGED, _F.PUBLISHED) and r.kind == "file" else r.bytes_done
+    tmp = os.path.join(os.path.dirname(r.dst), r.tmp) if r.tmp else None
+    return {
+        "kind": r.kind,
+        **_path_fields("src", r.src),
+        **_path_fields("dst", r.dst),
+        **_path_fields("tmp", tmp),
+        "state": r.state.value,
+        "size": r.size if r.kind != "dir" else 0,
+        "bytes_done": done if r.kind == "file" else 0,
+        "crc32c": _crc_hex(r.crc32c),
+        "error": r.error,
+    }
+
+
+# -- progress ------------------------------------------------------------------------------
+
+
+class _Reporter:
+    """Shows a transfer's progress on stderr: a redrawn bar on a terminal, a quiet line
+    every ``interval`` seconds otherwise, and a summary at the end."""
+
+    def __init__(self, name: str, mode: str, stream: IO[str] | None = None) -> None:
+        self.name = name
+        self.stream = stream or sys.stderr
+        if mode == "auto":
+            mode = "bar" if _isatty(self.stream) else "lines"
+        self.mode = mode
+        self.interval = float(os.environ.get("AXLPY_PROGRESS_INTERVAL", "10"))
+        self.started = time.monotonic()
+        self._last = 0.0
+        self._lock = threading.Lock()
+        self._drawn = False
+        self.last: Progress | None = None
+
+    def __call__(self, p: Progress) -> None:
+        self.last = p
+        now = time.monotonic()
+        with self._lock:
+            if self.mode == "bar":
+                if now - self._last >= 0.1 or p.files_done == p.files_total:
+                    self._last = now
+                    self._draw(p)
+            elif self.mode == "lines" and now - self._last >= self.interval:
+                if self._last or now - self.started >= self.interval:
+                    self._write(f"axlpy: {self.name}: {self._text(p)}\n")
+                self._last = now
+
+    def _text(self, p: Progress) -> str:
+        rate = p.rate
+        left = max(0, p.bytes_total - p.bytes_done)
+        eta = _human_duration(left / rate) if rate > 0 else "--:--"
+        pct = 100.0 * p.bytes_done / p.bytes_total if p.bytes_total else 100.0
+        return (f"{pct:3.0f}% {_human_bytes(p.bytes_done)}/{_human_bytes(p.bytes_total)}"
+                f"  {p.files_done}/{p.files_total} files  {_human_bytes(rate)}/s"
+                f"  ETA {eta}")
+
+    def _draw(self, p: Progress) -> None:
+        text = self._text(p)
+        cols = shutil.get_terminal_size((80, 24)).columns
+        width = max(0, min(30, cols - len(text) - 4))
+        bar = ""
+        if width >= 5:
+            frac = p.bytes_done / p.bytes_total if p.bytes_total else 1.0
+            fill = int(width * min(1.0, frac))
+            bar = "[" + "#" * fill + "-" * (width - fill) + "] "
+        self._write(f"\r{bar}{text}\x1b[K")
+        self._drawn = True
+
+    def _write(self, s: str) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            self.stream.write(s)
+            self.stream.flush()
+
+    def end_line(self) -> None:
+        """Leave the bar's line so the next message starts on its own line."""
+        with self._lock:
+            if self._drawn:
+                self._write("\n")
+                self._drawn = False
+
+    def finish(self, t: Transfer) -> None:
+        st = t.status()
+        with self._lock:
+            if self.mode == "bar" and self.last is not None:
+                self._draw(self.last)
+        self.end_line()
+        if self.mode == "none":
+            return
+        dt = time.monotonic() - self.started
+        self._write(f"axlpy: {self.name}: {st.state.value}: {st.files_done} files, "
+                    f"{_human_bytes(st.bytes_done)} in {dt:.1f}s "
+                    f"({_human_bytes(st.bytes_done / dt if dt > 0 else 0)}/s)\n")
+
+
+def _isatty(stream: IO[str]) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def _run_transfer(t: Transfer, reporter: _Reporter, start: Callable[[], None]) -> None:
+    """Run ``start`` (dispatch or resume) to the end; on Ctrl-C stop cleanly and exit 3.
+
+    SYNC copies in this thread, so Ctrl-C raises KeyboardInterrupt inside the copy: what
+    is committed stays committed, the transfer stays DISPATCHED owned by this process, and
+    once this process has exited any other can take it over and resume. Background types
+    are asked to stop at the next chunk and waited for."""
+    try:
+        start()
+        if t.running:
+            t.wait()
+    except KeyboardInterrupt:
+        reporter.end_line()
+        _stop_background(t)
+        _interrupted(t)
+    except TransferError:
+        reporter.end_line()
+        raise
+    reporter.finish(t)
+
+
+def _stop_background(t: Transfer) -> None:
+    # Stop the worker at its next chunk without undoing anything; the journal keeps its
+    # last committed state. A second Ctrl-C here ends the process at once (still safe:
+    # that is a crash, which resume handles).
+    with contextlib.suppress(TimeoutError, AxlError):
+        t.interrupt(timeout=60)
+
+
+def _interrupted(t: Transfer) -> NoReturn:
+    err = sys.stderr
+    state = t.state
+    if state is _T.COMPLETED:
+        click.echo(f"axlpy: {t.name}: interrupted, but the copy had already completed",
+                   err=True)
+        raise click.exceptions.Exit(EXIT_OK)
+    if state is _T.CREATED:
+        with contextlib.suppress(AxlError):
+            t.free()
+        click.echo(f"axlpy: {t.name}: interrupted before copying started; nothing was "
+                   "written and the transfer was removed from the journal", err=True)
+        raise click.exceptions.Exit(EXIT_FAILURE)
+    st = t.status()
+    err.write(
+        f"axlpy: {t.name}: interrupted ({state.value}, {st.files_done}/{st.files_total} "
+        f"files, {_human_bytes(st.bytes_done)}/{_human_bytes(st.bytes_total)} safe in the "
+        "journal). Nothing half-written is under a final name.\n"
+        f"  to finish it:  {_cmd('resume', t.name)}\n"
+        f"  to undo it:    {_cmd('cancel', t.name)}\n"
+    )
+    err.flush()
+    raise click.exceptions.Exit(EXIT_INTERRUPTED)
+
+
+# -- the command group ---------------------------------------------------------------------
+
+
+class _Group(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(self.commands)  # in the order they are defined, not sorted
+
+
+@click.group(
+    cls=_Group,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 88},
+    epilog=EXIT_CODES_HELP,
+)
+@click.version_option(package_name="axlpy", prog_name="axlpy")
+@_common_options
+def cli() -> None:
+    """Crash-safe, resumable copies of checkpoint files, with a SQLite journal.
+
+    A copy never leaves a half-written file under its final name. If it dies (Ctrl-C,
+    kill -9, node crash), `axlpy ls` shows it, `axlpy resume NAME` finishes it and
+    `axlpy cancel NAME` undoes it, from the journal alone.
+    """
+
+
+# -- cp ------------------------------------------------------------------------------------
+
+
+def _plan_copy(srcs: list[bytes], dst: bytes) -> list[tuple[bytes, bytes]]:
+    """``cp -r`` rules: into DST/basename(SRC) when DST is an existing directory, ends
+    in '/', or there are several sources; otherwise SRC becomes DST."""
+    into = len(srcs) > 1 or dst.endswith(b"/") or os.path.isdir(dst)
+    if len(srcs) > 1 and os.path.exists(dst) and not os.path.isdir(dst):
+        raise click.UsageError(f"target {_show(dst)!r} is not a directory (several "
+                               "sources are copied into a directory)")
+    if not into:
+        return [(srcs[0], dst)]
+    out = []
+    for s in srcs:
+        base = os.path.basename(os.path.normpath(os.path.abspath(s)))
+        if not base:
+            raise click.UsageError(f"cannot copy {_show(s)!r} into a directory: it has "
+                                   "no name (name the destination instead)")
+        out.append((s, os.path.join(dst, base)))
+    return out
+
+
+def _default_name() -> str:
+    return f"cp-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+
+
+_PROGRESS_HELP = ("auto: a bar if stderr is a terminal, else a line every 10 s; "
+                  "bar; lines; none.")
+
+
+@cli.command(epilog=EXIT_CODES_HELP)
+@click.option("--type", "ttype", type=click.Choice([t.value for t in TransferType]),
+              default=TransferType.DEFAULT.value, show_default=True,
+              help="How bytes move (see docs/backends.md).")
+@click.option("--move", is_flag=True, help="Delete each source once every file is "
+              "published (sources are deleted only after the whole copy is durable).")
+@click.option("--metadata", is_flag=True, help="Copy mode, owner and mtime too.")
+@click.option("--name", help="Transfer name (unique in the journal) [default: "
+              "cp-<date>-<time>-<pid>, printed].")
+@click.option("--progress", type=click.Choice(["auto", "bar", "lines", "none"]),
+              default="auto", show_default=True, help=_PROGRESS_HELP)
+@click.argument("paths", nargs=-1, required=True, metavar="SRC... DST")
+@_common_options
+@_handle_errors
+def cp(ttype: str, move: bool, metadata: bool, name: str | None, progress: str,
+       paths: tuple[str, ...]) -> None:
+    """Copy files and directory trees, like `cp -r`, crash-safely.
+
+    One SRC and a DST that is not an existing directory: SRC is copied to DST. Otherwise
+    each SRC is copied to DST/basename(SRC) (DST is created if needed).
+
+    Each file is written to a hidden temp beside its destination, fsynced, checksummed
+    (CRC32C) and only then renamed into place. Ctrl-C stops cleanly and prints the
+    commands to resume or cancel (exit code 3).
+    """
+    if len(paths) < 2:
+        raise click.UsageError("give at least one SRC and a DST")
+    srcs = [os.fsencode(p) for p in paths[:-1]]
+    dst = os.fsencode(paths[-1])
+    plan = _plan_copy(srcs, dst)
+    name = name or _default_name()
+    reporter = _Reporter(name, progress)
+    with _open_journal(create=True) as j:
+        t = j.create(name, ttype, on_progress=reporter,
+                     move=True if move else None, metadata=True if metadata else None)
+        click.echo(f"axlpy: transfer {name} ({t.type}) in journal {j.path}", err=True)
+        try:
+            for s, d in plan:
+                n = t.add(s, d)
+                log.info("added %s -> %s (%d entries)", _show(s), _show(d), n)
+        except BaseException:
+            # Nothing was written yet: forget the transfer so it does not linger in `ls`.
+            with contextlib.suppress(AxlError):
+                t.free()
+            raise
+        _run_transfer(t, reporter, t.dispatch)
+
+
+# -- ls ------------------------------------------------------------------------------------
+
+
+@cli.command(name="ls")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@_common_options
+@_handle_errors
+def ls_cmd(as_json: bool) -> None:
+    """List the transfers in the journal: name, type, state, files, bytes, age, owner."""
+    path = _journal_path()
+    infos: list[dict[str, Any]] = []
+    if os.path.exists(path):
+        with _open_journal(create=False) as j:
+            infos = [_transfer_info(j, r) for r in j.db.transfers()]
+    if as_json:
+        _emit_json({"version": JSON_VERSION, "journal": path, "transfers": infos})
+        return
+    if not infos:
+        click.echo(f"no transfers in {path}")
+        return
+    rows = [[i["name"], i["type"], i["state"], f"{i['files_done']}/{i['files_total']}",
+             f"{_human_bytes(i['bytes_done'])}/{_human_bytes(i['bytes_total'])}",
+             _human_age(i["age_seconds"]), _owner_text(i["owner"])] for i in infos]
+    click.echo(_table(rows, ["NAME", "TYPE", "STATE", "FILES", "BYTES", "AGE", "OWNER"]))
+
+
+# -- status --------------------------------------------------------------------------------
+
+
+def _status_doc(j: Journal, row: TransferRow, states: set[str], limit: int | None,
+                events: bool) -> dict[str, Any]:
+    files = [r for r in j.db.files(row.id) if not states or r.state.value in states]
+    shown = files if limit is None else files[:limit]
+    doc: dict[str, Any] = {
+        "version": JSON_VERSION,
+        "journal": j.path,
+        "transfer": _transfer_info(j, row),
+        "files": [_file_info(r) for r in shown],
+        "files_omitted": len(files) - len(shown),
+    }
+    if events:
+        doc["events"] = [
+            {"time": _iso(e["ts_ns"]), "event": e["event"], "from": e["from_state"],
+             "to": e["to_state"], "file_id": e["file_id"], "detail": e["detail"],
+             "pid": e["pid"]}
+            for e in j.db.events(row.id)
+        ]
+    return doc
+
+
+def _print_status(doc: dict[str, Any]) -> None:
+    i = doc["transfer"]
+    pct = 100.0 * i["bytes_done"] / i["bytes_total"] if i["bytes_total"] else 100.0
+    lines = [
+        f"transfer  {i['name']}",
+        f"journal   {doc['journal']}",
+        f"type      {i['type']}" + ("  (move)" if i["move"] else ""),
+        f"state     {i['state']}" + ("  (running)" if i["live"] else ""),
+        f"owner     {_owner_text(i['owner'])}",
+        f"progress  {i['files_done']}/{i['files_total']} files, "
+        f"{_human_bytes(i['bytes_done'])}/{_human_bytes(i['bytes_total'])} ({pct:.0f}%)",
+        f"created   {i['created']}  ({_human_age(i['age_seconds'])} ago)",
+        f"updated   {i['updated']}",
+    ]
+    if i["error"]:
+        lines.append(f"error     {i['error']}")
+    for k, step in enumerate(i["next"]):
+        lines.append(f"{'next' if k == 0 else '':<9} {step}")
+    click.echo("\n".join(lines))
+    if doc["files"]:
+        rows = []
+        for f in doc["files"]:
+            size = "-" if f["kind"] == "dir" else _human_bytes(f["size"])
+            done = ("-" if f["kind"] != "file" else
+                    f"{100.0 * f['bytes_done'] / f['size']:.0f}%" if f["size"] else "100%")
+            dst = _show(os.fsencode(f["dst"]))
+            if f["error"]:
+                dst += f"  ({f['error']})"
+            rows.append([f["state"], f["kind"], size, done, dst])
+        click.echo()
+        click.echo(_table(rows, ["STATE", "KIND", "SIZE", "DONE", "DESTINATION"]))
+    if doc["files_omitted"]:
+        click.echo(f"... {doc['files_omitted']} more (use --limit)")
+    for e in doc.get("events", []):
+        arrow = f" {e['from'] or ''}->{e['to']}" if e["to"] else ""
+        detail = f" {e['detail']}" if e["detail"] else ""
+        click.echo(f"{e['time']}  pid {e['pid']}  {e['event']}{arrow}{detail}")
+
+
+def _watch(j: Journal, name: str, interval: float, as_json: bool) -> int:
+    """Poll the journal (never writing it) until the transfer ends or its owner dies."""
+    err = sys.stderr
+    tty = _isatty(err) and not as_json
+    last_bytes, last_t = -1, time.monotonic()
+    rate = 0.0
+    last_line = ""
+    while True:
+        row = _row(j, name)
+        info = _transfer_info(j, row)
+        now = time.monotonic()
+        if last_bytes >= 0 and now > last_t:
+            rate = max(0.0, (info["bytes_done"] - last_bytes) / (now - last_t))
+        last_bytes, last_t = info["bytes_done"], now
+        info["rate"] = round(rate, 1)
+        ended = not info["live"]
+        if as_json:
+            _emit_json({"version": JSON_VERSION, "journal": j.path, "transfer": info})
+        else:
+            p = Progress(bytes_total=info["bytes_total"], bytes_done=info["bytes_done"],
+                         files_total=info["files_total"], files_done=info["files_done"])
+            left = max(0, p.bytes_total - p.bytes_done)
+            eta = _human_duration(left / rate) if rate > 0 else "--:--"
+            pct = 100.0 * p.bytes_done / p.bytes_total if p.bytes_total else 100.0
+            line = (f"{name}: {info['state']} {pct:3.0f}% {_human_bytes(p.bytes_done)}/"
+                    f"{_human_bytes(p.bytes_total)}  {p.files_done}/{p.files_total} files"
+                    f"  {_human_bytes(rate)}/s  ETA {eta}")
+            if tty:
+                err.write(f"\r{line}\x1b[K")
+                err.flush()
+            elif line != last_line:
+                click.echo(line)
+            last_line = line
+        if ended:
+            break
+        time.sleep(interval)
+    if tty:
+        err.write("\n")
+    state = _T(info["state"])
+    if state is _T.COMPLETED:
+        return EXIT_OK
+    if state in (_T.DISPATCHED, _T.RENAMED, _T.PAUSED):
+        if not as_json:
+            click.echo(f"{name}: no process is running it any more; "
+                       f"`{_cmd('resume', name)}` finishes it")
+        return EXIT_INTERRUPTED
+    return EXIT_FAILURE
+
+
+@cli.command(epilog=EXIT_CODES_HELP)
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--state", "states", multiple=True,
+              type=click.Choice([s.value for s in FileState]),
+              help="Only files in this state (repeatable).")
+@click.option("--limit", type=click.IntRange(min=0), default=None,
+              help="Show at most this many files.")
+@click.option("--events", is_flag=True, help="Also show the transfer's event log.")
+@click.option("--watch", is_flag=True, help="Follow a transfer running in another "
+              "process until it ends (polls the journal, never writes it); exit code: "
+              "0 completed, 1 failed or cancelled, 3 its process died (resumable).")
+@click.option("--interval", type=click.FloatRange(min=0.05), default=1.0,
+              show_default=True, help="Seconds between polls with --watch.")
+@_common_options
+@_handle_errors
+def status(name: str, as_json: bool, states: tuple[str, ...], limit: int | None,
+           events: bool, watch: bool, interval: float) -> None:
+    """Show one transfer: state, owner, progress, what to run next, and every file."""
+    with _open_journal(create=False) as j:
+        if watch:
+            code = _watch(j, name, interval, as_json)
+            if not as_json:
+                _print_status(_status_doc(j, _row(j, name), set(states), limit, events))
+            raise click.exceptions.Exit(code)
+        doc = _status_doc(j, _row(j, name), set(states), limit, events)
+    if as_json:
+        _emit_json(doc)
+    else:
+        _print_status(doc)
+
+
+# -- resume / cancel / free ----------------------------------------------------------------
+
+
+@cli.command(epilog=EXIT_CODES_HELP)
+@click.argument("name")
+@click.option("--force", is_flag=True, help="Take over a transfer whose owner runs on "
+              "another host (only if you know that process is dead).")
+@click.option("--progress", type=click.Choice(["auto", "bar", "lines", "none"]),
+              default="auto", show_default=True, help=_PROGRESS_HELP)
+@_common_options
+@_handle_errors
+def resume(name: str, force: bool, progress: str) -> None:
+    """Finish an interrupted or failed transfer, from the journal alone.
+
+    Takes ownership (refused while the owner is alive), verifies every staged and
+    published file against its journaled size and CRC32C, keeps verified parts of temps,
+    recopies what it cannot trust and completes. Ctrl-C stops cleanly (exit code 3).
+    """
+    with _open_journal(create=False) as j:
+        row = _row(j, name)
+        if row.state is _T.COMPLETED:
+            click.echo(f"axlpy: {name}: already COMPLETED; nothing to do", err=True)
+            return
+        reporter = _Reporter(name, progress)
+        t = j.open(name, on_progress=reporter)
+        click.echo(f"axlpy: resuming {name} ({row.state.value})", err=True)
+        _run_transfer(t, reporter, functools.partial(t.resume, force=force))
+
+
+@cli.command(epilog=EXIT_CODES_HELP)
+@click.argument("name")
+@click.option("--force", is_flag=True, help="Take over a transfer whose owner runs on "
+              "another host (only if you know that process is dead).")
+@_common_options
+@_handle_errors
+def cancel(name: str, force: bool) -> None:
+    """Undo a transfer: remove its temps and the files it published; keep sources.
+
+    A published file is removed only if it is still byte-for-byte what this transfer
+    wrote (CRC32C). Refused while another live process owns the transfer, and for a move
+    that is already deleting its sources (resume it instead). Safe to repeat.
+    """
+    with _open_journal(create=False) as j:
+        _row(j, name)
+        j.open(name).cancel(force=force)
+        click.echo(f"cancelled {name}: its temp files and published files were removed; "
+                   f"sources untouched. `{_cmd('free', name)}` forgets it.")
+
+
+@cli.command(epilog=EXIT_CODES_HELP)
+@click.argument("name")
+@_common_options
+@_handle_errors
+def free(name: str) -> None:
+    """Forget a COMPLETED, CANCELLED or never-dispatched transfer (journal rows only).
+
+    Refused for a transfer that could still be resumed, so nothing resumable is lost.
+    Files on disk are not touched.
+    """
+    with _open_journal(create=False) as j:
+        _row(j, name)
+        j.open(name).free()
+        click.echo(f"freed {name}")
+
+
+# -- verify --------------------------------------------------------------------------------
+
+
+def _check_entry(kind: str, path: bytes, size: int, crc: int | None, link: bytes | None,
+                 buf: bytearray) -> dict[str, Any] | None:
+    """Compare what is at ``path`` with what was recorded; a mismatch record, or None.
+
+    ``crc`` is the CRC32C of a file's bytes, or of a symlink's target when ``link`` (the
+    target itself) is not known."""
+    base = {"kind": kind, **_path_fields("path", path)}
+
+    def bad(problem: str, **kw: Any) -> dict[str, Any]:
+        return {**base, "problem": problem, **kw}
+
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return bad("missing")
+    except OSError as exc:
+        return bad("unreadable", detail=exc.strerror)
+    if kind == "dir":
+        return None if stat.S_ISDIR(st.st_mode) else bad("wrong-type")
+    if kind == "symlink":
+        if not stat.S_ISLNK(st.st_mode):
+            return bad("wrong-type")
+        target = os.readlink(path)
+        if link is not None and target != link:
+            return bad("link-target", **_path_fields("expected_target", link),
+                       **_path_fields("actual_target", target))
+        if link is None and crc32c(target) != crc:
+            return bad("link-target", **_path_fields("actual_target", target))
+        return None
+    if not stat.S_ISREG(st.st_mode):
+        return bad("wrong-type")
+    if st.st_size != size:
+        return bad("size", expected_size=size, actual_size=st.st_size)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        return bad("unreadable", detail=exc.strerror)
+    try:
+        got, n = file_crc32c(fd, size, buf=buf)
+    finally:
+        os.close(fd)
+    if n != size:
+        return bad("size", expected_size=size, actual_size=n)
+    if crc is None or got != crc:
+        return bad("crc32c", expected_crc32c=_crc_hex(crc), actual_crc32c=_crc_hex(got))
+    return None
+
+
+def _verify_transfer(j: Journal, name: str) -> dict[str, Any]:
+    row = _row(j, name)
+    buf = bytearray(4 << 20)
+    checked = 0
+    not_published = 0
+    mismatches = []
+    for r in j.db.files(row.id):
+        if r.state is not _F.PUBLISHED:
+            not_published += 1
+            continue
+        checked += 1
+        m = _check_entry(r.kind, r.dst, r.size, r.crc32c, r.link, buf)
+        if m is not None:
+            mismatches.append(m)
+    complete = row.state is _T.COMPLETED
+    return {
+        "version": JSON_VERSION,
+        "journal": j.path,
+        "transfer": name,
+        "state": row.state.value,
+        "complete": complete,
+        "checked": checked,
+        "not_published": not_published,
+        "mismatches": mismatches,
+        "ok": not mismatches and row.state is not _T.CANCELLED,
+    }
+
+
+def _manifest_module() -> Any:
+    try:
+        from . import _manifest
+    except ImportError:  # pragma: no cover - only in an axlpy built without MPI support
+        raise UsageError("this axlpy has no MPI commit manifest support "
+                         "(axlpy._manifest is missing)") from None
+    return _manifest
+
+
+def _verify_manifest(d: bytes) -> dict[str, Any]:
+    """Check every entry of ``d``'s commit marker (size and CRC32C), like a transfer."""
+    mod = _manifest_module()
+    if not os.path.isdir(d):
+        raise UsageError(f"{_show(d)!r} is not a directory")
+    doc: dict[str, Any] = {"version": JSON_VERSION, **_path_fields("dir", d),
+                           "name": None, "committed": None, "nranks": None,
+                           "complete": False, "checked": 0, "mismatches": []}
+    try:
+        m = mod.read_manifest(os.fsdecode(d))
+    except mod.InvalidCheckpointError as exc:
+        doc["mismatches"].append({"kind": "marker", **_path_fields(
+            "path", os.path.join(d, os.fsencode(mod.MARKER))), "problem": "marker",
+            "detail": str(exc)})
+        doc["ok"] = False
+        return doc
+    doc.update(name=m.name, committed=_iso(m.committed_ns), nranks=m.nranks, complete=True)
+    buf = bytearray(4 << 20)
+    for e in m.entries:
+        doc["checked"] += 1
+        bad = _check_entry(e.kind, os.path.join(d, os.fsencode(e.path)), e.size, e.crc32c,
+                           None, buf)
+        if bad is not None:
+            bad["rank"] = e.rank
+            doc["mismatches"].append(bad)
+    doc["ok"] = not doc["mismatches"]
+    return doc
+
+
+def _mismatch_text(m: dict[str, Any]) -> str:
+    path = _show(os.fsencode(m["path"]))
+    p = m["problem"]
+    if p == "size":
+        return f"{path}: size {m['actual_size']}, expected {m['expected_size']}"
+    if p == "crc32c":
+        return (f"{path}: CRC32C {m['actual_crc32c']}, expected {m['expected_crc32c']} "
+                "(content differs)")
+    if p == "link-target":
+        want = m.get("expected_target")
+        return (f"{path}: symlink points to {_show(os.fsencode(m['actual_target']))}"
+                + (f", expected {_show(os.fsencode(want))}" if want is not None else
+                   ", not what was committed"))
+    if p == "wrong-type":
+        return f"{path}: is no longer a {m['kind']}"
+    if p == "unreadable":
+        return f"{path}: cannot be read ({m.get('detail')})"
+    if p == "marker":
+        return f"{m.get('detail')}"
+    return f"{path}: {p}"
+
+
+@cli.command(epilog=EXIT_CODES_HELP)
+@click.argument("name", required=False)
+@click.option("--manifest", "manifest_dir", metavar="DIR", default=None,
+              help="Verify the checkpoint directory DIR against its MPI commit marker "
+              "(_AXLPY_COMMIT.json) instead of a journal transfer.")
+@click.option("--partial", is_flag=True, help="Succeed for a transfer that is not "
+              "finished yet if every file published so far matches.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@_common_options
+@_handle_errors
+def verify(name: str | None, manifest_dir: str | None, partial: bool,
+           as_json: bool) -> None:
+    """Re-read published files and compare them with the journal's sizes and CRC32C.
+
+    Reports every mismatch (missing, wrong size, wrong content, wrong type, symlink
+    target). Exit code 0 only if the transfer is COMPLETED (or --partial) and every file
+    matches; 1 otherwise. Reads files and journal only; changes nothing.
+    """
+    if (name is None) == (manifest_dir is None):
+        raise click.UsageError("give a transfer NAME or --manifest DIR (not both)")
+    if manifest_dir is not None:
+        doc = _verify_manifest(os.fsencode(manifest_dir))
+        what = _show(os.fsencode(manifest_dir))
+    else:
+        with _open_journal(create=False) as j:
+            doc = _verify_transfer(j, name or "")
+        if not doc["complete"] and not partial:
+            doc["ok"] = False
+        what = name or ""
+    if as_json:
+        _emit_json(doc)
+    else:
+        for m in doc["mismatches"]:
+            click.echo(f"MISMATCH {_mismatch_text(m)}")
+        note = ""
+        if doc.get("not_published"):
+            note = f"; {doc['not_published']} not published yet ({doc['state']})"
+        verdict = "OK" if doc["ok"] else "FAILED"
+        click.echo(f"{verdict}: {what}: {doc['checked']} checked, "
+                   f"{len(doc['mismatches'])} mismatches{note}")
+        if "state" in doc and not doc["complete"] and not doc["mismatches"]:
+            if doc["state"] == _T.CANCELLED.value:
+                click.echo("the transfer was cancelled: there is nothing to verify")
+            elif not partial:
+                click.echo(f"the transfer is {doc['state']}, not COMPLETED (resume it, or "
+                           "pass --partial to check only what is published)")
+    raise click.exceptions.Exit(EXIT_OK if doc["ok"] else EXIT_FAILURE)
+
+
+@cli.command(epilog=EXIT_CODES_HELP)
+@click.argument("directory", metavar="DIR")
+@click.option("--verify", "check_crc", is_flag=True, help="Also check every file's CRC32C "
+              "(reads every byte); a checkpoint that fails is skipped for an older one.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@_common_options
+@_handle_errors
+def latest(directory: str, check_crc: bool, as_json: bool) -> None:
+    """Print the newest checkpoint under DIR that has a valid MPI commit marker.
+
+    Looks at each subdirectory of DIR: only one whose marker (_AXLPY_COMMIT.json) is
+    intact and whose listed files are all present with their sizes counts, newest commit
+    first. Exit code 1 if there is none. Reads only.
+    """
+    mod = _manifest_module()
+    if not os.path.isdir(directory):
+        raise UsageError(f"{directory!r} is not a directory")
+    found = mod.latest_valid_checkpoint(directory, verify=check_crc)
+    path = os.fsencode(found.path) if found is not None else None
+    if as_json:
+        m = found.manifest if found is not None else None
+        _emit_json({
+            "version": JSON_VERSION, **_path_fields("dir", os.fsencode(directory)),
+            **_path_fields("latest", path),
+            "name": m.name if m else None,
+            "committed": _iso(m.committed_ns) if m else None,
+            "nranks": m.nranks if m else None,
+            "files": len(m.entries) if m else None,
+            "bytes": m.total_bytes if m else None,
+            "verified": bool(found.verified) if found is not None else False,
+        })
+    elif path is not None:
+        click.echo(_show(path))
+    else:
+        click.echo(f"axlpy: no valid checkpoint under {directory}", err=True)
+    raise click.exceptions.Exit(EXIT_OK if found is not None else EXIT_FAILURE)
+
+
+# -- gc ------------------------------------------------------------------------------------
+
+
+def _open_inodes() -> set[tuple[int, int]]:
+    """(device, inode) of every file some process on this host has open (those we may
+    inspect): a temp that is open is being written, whatever any journal says."""
+    out: set[tuple[int, int]] = set()
+    try:
+        pids = [p for p in os.listdir("/proc") if p.isdigit()]
+    except OSError:
+        return out
+    for pid in pids:
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            with contextlib.suppress(OSError):
+                st = os.stat(f"/proc/{pid}/fd/{fd}")
+                out.add((st.st_dev, st.st_ino))
+    return out
+
+
+def _find_temps(top: bytes) -> Iterator[tuple[bytes, os.stat_result, tuple[str, int, int]]]:
+    """Every entry below ``top`` (symlinks not followed) named like an axlpy temp."""
+    for dirpath, _dirs, names in os.walk(top, followlinks=False):
+        for n in names:
+            m = TEMP_PATTERN.search(n)
+            if m is None or not n.startswith(b"."):
+                continue
+            p = os.path.join(dirpath, n)
+            try:
+                st = os.lstat(p)
+            except FileNotFoundError:
+                continue
+            yield p, st, (m.group(1).decode(), int(m.group(2)), int(m.group(3)))
+
+
+def _classify(token: str, tid: int, by_token: dict[str, TransferRow], age: float,
+              is_open: bool, min_age: float, include_resumable: bool,
+              journal: str) -> tuple[str, bool, str, TransferRow | None]:
+    """(class, deletable, reason, transfer row) for one temp file."""
+    row = by_token.get(token)
+    if row is not None and row.id != tid:
+        row = None
+    if is_open:
+        return "open", False, "a process on this host has it open", row
+    if row is None:
+        if age < min_age:
+            return ("recent", False, f"not in this journal and modified {_human_age(age)} "
+                    f"ago (< --min-age {min_age:g}s): may belong to a running transfer "
+                    "of another journal", None)
+        return ("unknown", True, f"not in journal {journal} (freed, or its journal is gone);"
+                f" modified {_human_age(age)} ago", None)
+    if row.state.is_final:
+        return ("finished", True, f"transfer {row.name} is {row.state.value}", row)
+    if _is_live(row):
+        assert row.owner is not None
+        return ("live", False, f"transfer {row.name} is running in pid "
+                f"{row.owner.pid}@{row.owner.host}", row)
+    reason = (f"transfer {row.name} is {row.state.value} with no live owner: "
+              f"`{_cmd('resume', row.name)}` uses it, `{_cmd('cancel', row.name)}` "
+              "removes it")
+    return "resumable", include_resumable, reason, row
+
+
+def _still_deletable(p: bytes, st: os.stat_result, token: str, tid: int,
+                     j: Journal | None, cls: str) -> bool:
+    """Re-check right before unlinking: same file, not opened, its transfer not live."""
+    try:
+        now = os.lstat(p)
+    except FileNotFoundError:
+        return False
+    if (now.st_dev, now.st_ino, now.st_mtime_ns) != (st.st_dev, st.st_ino, st.st_mtime_ns):
+        return False
+    if (now.st_dev, now.st_ino) in _open_inodes():
+        return False
+    if j is None:
+        return cls == "unknown"
+    row = next((r for r in j.db.transfers() if r.token == token and r.id == tid), None)
+    if row is None:
+        return cls == "unknown"
+    return not _is_live(row)
+
+
+@cli.command(epilog=EXIT_CODES_HELP)
+@click.argument("directory", metavar="DIR")
+@click.option("--delete", "do_delete", is_flag=True,
+              help="Remove the listed temp files (default: only list them).")
+@click.option("--include-resumable", is_flag=True, help="Also remove temps of transfers "
+              "that are interrupted but resumable (a later resume recopies those bytes).")
+@click.option("--min-age", type=click.FloatRange(min=0), default=3600.0, show_default=True,
+              help="Seconds since a temp unknown to this journal was modified before it "
+              "may be removed (it may belong to a transfer of another journal).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@_common_options
+@_handle_errors
+def gc(directory: str, do_delete: bool, include_resumable: bool, min_age: float,
+       as_json: bool) -> None:
+    """Find temp files left under DIR by transfers that are no longer alive.
+
+    Temps are found by name (.NAME.axlpy-TOKEN-ID-FILEID) and matched to transfers in the
+    journal. Never removed: a temp of a transfer whose owner is alive (or on another
+    host), a temp some process has open, a temp unknown to the journal and younger than
+    --min-age, and (unless --include-resumable) a temp a resume would reuse. Dry run
+    unless --delete.
+    """
+    top = os.path.abspath(os.fsencode(directory))
+    if not os.path.isdir(top):
+        raise UsageError(f"{directory!r} is not a directory")
+    path = _journal_path()
+    j = Journal(path, create=False) if os.path.exists(path) else None
+    try:
+        by_token = {r.token: r for r in j.db.transfers()} if j is not None else {}
+        opened = _open_inodes()
+        now = time.time()
+        entries = []
+        for p, st, (token, tid, fid) in _find_temps(top):
+            age = now - st.st_mtime
+            cls, deletable, reason, row = _classify(
+                token, tid, by_token, age, (st.st_dev, st.st_ino) in opened, min_age,
+                include_resumable, path)
+            action = "delete" if deletable else "keep"
+            if deletable and do_delete:
+                if _still_deletable(p, st, token, tid, j, cls):
+                    try:
+                        os.unlink(p)
+                        action = "deleted"
+                        _fsync_parent(p)
+                    except OSError as exc:
+                        action, reason = "error", f"{reason}; unlink failed: {exc.strerror}"
+                else:
+                    action, reason = "keep", f"{reason}; changed while gc ran, kept"
+            entries.append({
+                **_path_fields("path", p), "size": st.st_size,
+                "modified": _iso(st.st_mtime_ns), "class": cls, "action": action,
+                "reason": reason, "token": token, "transfer_id": tid, "file_id": fid,
+                "transfer": row.name if row else None,
+                "state": row.state.value if row else None,
+            })
+    finally:
+        if j is not None:
+            j.close()
+    removable = [e for e in entries if e["action"] in ("delete", "deleted")]
+    summary = {"found": len(entries), "kept": sum(e["action"] == "keep" for e in entries),
+               "deletable": sum(e["action"] == "delete" for e in entries),
+               "deleted": sum(e["action"] == "deleted" for e in entries),
+               "errors": sum(e["action"] == "error" for e in entries),
+               "bytes": sum(e["size"] for e in removable)}
+    if as_json:
+        _emit_json({"version": JSON_VERSION, "journal": path, "dir": directory,
+                    "dry_run": not do_delete, "temps": entries, "summary": summary})
+    else:
+        for e in entries:
+            click.echo(f"{e['action'].upper():<7} {e['class']:<9} "
+                       f"{_show(os.fsencode(e['path']))}  ({_human_bytes(e['size'])}; "
+                       f"{e['reason']})")
+        if do_delete:
+            click.echo(f"{len(entries)} temp files found, {summary['deleted']} deleted "
+                       f"({_human_bytes(summary['bytes'])}), {summary['kept']} kept")
+        else:
+            click.echo(f"{len(entries)} temp files found, {summary['deletable']} can be "
+                       f"deleted ({_human_bytes(summary['bytes'])}), {summary['kept']} kept"
+                       + ("; run with --delete to remove them" if summary["deletable"]
+                          else ""))
+    if summary["errors"]:
+        raise click.exceptions.Exit(EXIT_FAILURE)
+
+
+def _fsync_parent(p: bytes) -> None:
+    """Make an unlink durable (so a temp does not come back after a power loss)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(os.path.dirname(p) or b".", os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+# -- entry point ---------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The ``axlpy`` console script (and ``python -m axlpy``)."""
+    cli.main(args=argv, prog_name="axlpy")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
+
