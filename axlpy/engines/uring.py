@@ -22,10 +22,14 @@ Some facts this engine relies on:
   "this chunk at this offset", idempotent; the main queue's other requests keep running
   in the kernel meanwhile. While the policy pauses for an operator (intervention mode)
   this thread waits, and so does the whole transfer.
-- fdatasync/fsync are never retried (after a failed fsync the kernel may have dropped
-  the dirty pages; a retry that succeeds would lie) and run in this thread: an extent
-  fdatasync every ``extent_size`` bytes per file and one fsync per finished file. IO
-  already submitted keeps running in the kernel while they do.
+- fdatasync/fsync block for as long as the device takes to write the file's dirty pages
+  (milliseconds per small file, a good part of a second per 64 MiB extent), and the IO
+  queue has no fsync operation. So they run on a few sync threads (``SYNC_THREADS``), each
+  file always on the same one, in order: an extent's fdatasync then its journal commit,
+  and, once every byte is written, the source check, metadata, fsync and the file's fd
+  closes. This thread keeps the queue full meanwhile. They are never retried: after a
+  failed fsync the kernel may have dropped the dirty pages, so a retry that succeeds
+  would lie.
 
 On disk if this raises, is cancelled or the process dies: as for every engine (see
 ``_base``): temps hold a prefix of their data; extents journaled were fdatasynced first.
@@ -35,8 +39,10 @@ from __future__ import annotations
 
 import errno as _errno
 import os
+import queue as _queue
+import threading
 from collections import deque
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from .._checksum import crc32c
@@ -51,12 +57,25 @@ from .threaded import name_file, open_temp
 
 __all__ = ["UringEngine", "op_size_for"]
 
+
+def _extent_job(ctx: StageContext, f: _File, idx: int, length: int, crc: int,
+                end: int) -> Callable[[], None]:
+    def job() -> None:
+        # Durable before the journal vouches for it; never retried (see module doc).
+        os.fdatasync(f.tmp_fd)
+        ctx.commit_extents([(f.task.row.id, idx, length, crc, end)])
+    return job
+
 #: bytes of chunk buffers in flight at once (slots x op size)
 INFLIGHT_BYTES = 64 << 20
 #: largest single read/write; smaller ops mean more of them in flight per file
 MAX_OP = 1 << 20
 #: how long one wait for completions may block before the cancel flag is looked at
 _POLL = 0.1
+#: while sync threads hold work, wait for IO completions in slices this short
+_SLICE = 0.002
+#: threads that run fdatasync/fsync (each file on one of them, in order)
+SYNC_THREADS = 4
 
 
 def op_size_for(chunk_size: int) -> int:
@@ -90,6 +109,8 @@ class _File:
     in_flight: int = 0
     #: reads finished out of order: offset -> (slot, length)
     ready: dict[int, tuple[int, int]] = field(default_factory=dict)
+    #: the sync thread that runs this file's fdatasyncs and fsync
+    syncer: int = 0
 
     def close(self) -> None:
         for fd in (self.src_fd, self.tmp_fd):
@@ -103,6 +124,61 @@ class _Tag:
     file: _File
     slot: int
     want: int
+
+
+class _Syncers:
+    """A few threads running blocking fdatasync/fsync jobs; each file on one, in order."""
+
+    def __init__(self, n: int) -> None:
+        self.jobs: list[_queue.SimpleQueue[tuple[_File, Callable[[], object]] | None]] = [
+            _queue.SimpleQueue() for _ in range(n)]
+        self.results: _queue.SimpleQueue[tuple[_File, object, BaseException | None]] = (
+            _queue.SimpleQueue())
+        self.pending = 0
+        self.stop = threading.Event()
+        self.threads: list[threading.Thread] = []
+        for i in range(n):
+            t = threading.Thread(target=self._loop, args=(self.jobs[i],),
+                                 name=f"axlpy-uring-sync{i}", daemon=True)
+            t.start()
+            self.threads.append(t)
+        self.next = 0
+
+    def _loop(self, jobs: _queue.SimpleQueue[tuple[_File, Callable[[], object]] | None]
+              ) -> None:
+        while (item := jobs.get()) is not None:
+            f, job = item
+            if self.stop.is_set():
+                self.results.put((f, None, TransferCancelledError("stopped")))
+                continue
+            try:
+                self.results.put((f, job(), None))
+            except BaseException as exc:
+                self.results.put((f, None, exc))
+
+    def assign(self) -> int:
+        self.next = (self.next + 1) % len(self.jobs)
+        return self.next
+
+    def put(self, f: _File, job: Callable[[], object]) -> None:
+        self.pending += 1
+        self.jobs[f.syncer].put((f, job))
+
+    def get(self, timeout: float) -> tuple[_File, object, BaseException | None] | None:
+        try:
+            item = self.results.get(timeout=timeout) if timeout else self.results.get_nowait()
+        except _queue.Empty:
+            return None
+        self.pending -= 1
+        return item
+
+    def close(self) -> None:
+        """Skip queued jobs, let running ones end, join every thread."""
+        self.stop.set()
+        for jobs in self.jobs:
+            jobs.put(None)
+        for t in self.threads:
+            t.join()
 
 
 class UringEngine(Engine):
@@ -147,6 +223,7 @@ class _Run:
         self.slots = [mv[i * self.op:(i + 1) * self.op] for i in range(self.nslots)]
         self.free = list(range(self.nslots))
         self.in_flight = 0
+        self.syncers = _Syncers(SYNC_THREADS)
 
     # -- main loop ----------------------------------------------------------------------
 
@@ -161,10 +238,24 @@ class _Run:
                 yield self.done.pop(0)
                 if ctx.cancel.is_set():
                     raise TransferCancelledError("transfer cancelled while copying")
+            if self.syncers.pending:
+                self.sync_results(0 if self.in_flight else _POLL)
             if not self.in_flight:
                 continue
-            for c in self.q.reap(1, _POLL):
+            for c in self.q.reap(1, _SLICE if self.syncers.pending else _POLL):
                 self.complete(c)
+
+    def sync_results(self, timeout: float) -> None:
+        """Collect what the sync threads finished: results to yield, or their error."""
+        item = self.syncers.get(timeout)
+        while item is not None:
+            f, value, exc = item
+            if exc is not None:
+                raise name_file(exc, f.task) from None
+            if isinstance(value, StageResult):
+                self.active.remove(f)
+                self.done.append(value)
+            item = self.syncers.get(0)
 
     def fill(self) -> None:
         """Give every free slot a read, opening more files as needed; then submit."""
@@ -205,6 +296,7 @@ class _Run:
         f = _File(task, src_fd, tmp_fd, r.size, os.fsdecode(r.src), os.fsdecode(r.dst),
                   task.resume_from, task.resume_from, task.resume_crc, task.next_extent,
                   task.resume_from, commit_idx=task.next_extent)
+        f.syncer = self.syncers.assign()
         self.active.append(f)
         if f.read_off >= f.size:
             self.finish(f)
@@ -290,24 +382,27 @@ class _Run:
             if end >= f.size:
                 break  # the last extent: the final fsync and STAGED commit cover it
             del f.written[f.commit_idx]
-            # Durable before the journal vouches for it; never retried (see module doc).
-            os.fdatasync(f.tmp_fd)
-            self.ctx.commit_extents([(f.task.row.id, f.commit_idx, ext, ecrc, end)])
+            self.syncers.put(f, _extent_job(self.ctx, f, f.commit_idx, ext, ecrc, end))
             f.commit_idx += 1
         if f.done_bytes == f.size - f.task.resume_from and f.in_flight == 0:
             self.finish(f)
 
     def finish(self, f: _File) -> None:
-        """Every byte is written: check the source, fsync, hand the result over."""
-        task = f.task
-        check_source_unchanged(f.src_fd, task)
-        apply_metadata(f.tmp_fd, task, self.ctx.copy_metadata)
-        if not planted("rename_before_fsync"):
-            fsync_fd(f.tmp_fd)
-        crash_point("stage.after_fsync")
-        self.active.remove(f)
-        f.close()
-        self.done.append(StageResult(task, f.crc, f.size, f.size - task.resume_from))
+        """Every byte is written: check the source, fsync and close it on its sync thread
+        (after its extent jobs); the result comes back through :meth:`sync_results`."""
+        task, ctx = f.task, self.ctx
+        crc = f.crc
+
+        def job() -> StageResult:
+            check_source_unchanged(f.src_fd, task)
+            apply_metadata(f.tmp_fd, task, ctx.copy_metadata)
+            if not planted("rename_before_fsync"):
+                fsync_fd(f.tmp_fd)
+            crash_point("stage.after_fsync")
+            f.close()
+            return StageResult(task, crc, f.size, f.size - task.resume_from)
+
+        self.syncers.put(f, job)
 
     # -- teardown -----------------------------------------------------------------------
 
@@ -316,6 +411,7 @@ class _Run:
         try:
             self.q.close()
         finally:
+            self.syncers.close()  # before the fds its jobs use are closed
             if self.retry_q is not None:
                 self.retry_q.close()
             for f in self.active:
