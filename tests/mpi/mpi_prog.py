@@ -44,7 +44,8 @@ def main() -> int:
     p.add_argument("scenario", choices=["ok", "missing", "crash", "resume", "straggler",
                                         "vanish"])
     p.add_argument("workdir")
-    p.add_argument("--type", default="default")
+    # pthread: a background engine without the per-process io_uring probe (faster to start)
+    p.add_argument("--type", default="pthread")
     p.add_argument("--files", type=int, default=3)
     p.add_argument("--size", type=int, default=256 << 10)
     p.add_argument("--bad-rank", type=int, default=1)

@@ -93,9 +93,9 @@ def assert_checkpoint_matches_sources(w: Path, n: int) -> None:
     assert {e.rank for e in res.manifest.entries} == set(range(n))
 
 
-@pytest.mark.parametrize("n", [2, 4])
-def test_all_ranks_succeed_commit_marker(work: Path, n: int) -> None:
-    results = run(n, "ok", str(work))
+@pytest.mark.parametrize(("n", "ttype"), [(2, "sync"), (2, "default"), (4, "pthread")])
+def test_all_ranks_succeed_commit_marker(work: Path, n: int, ttype: str) -> None:
+    results = run(n, "ok", str(work), "--type", ttype)
     assert all(r["ok"] and r["state"] == "COMPLETED" for r in results.values())
     assert_checkpoint_matches_sources(work, n)
     latest = _manifest.latest_valid_checkpoint(work / "shared", verify=True)
