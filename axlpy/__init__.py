@@ -7,6 +7,8 @@ every write, fsync, rename and commit) -> ``_transfer`` (this public API) -> ``c
 (the ``AXL_*`` face) and ``cli``.
 """
 
+import logging as _logging
+
 from ._config import config, default_journal_path
 from ._driver import Progress
 from ._errors import (
@@ -32,6 +34,9 @@ from ._state import FileState, TransferState
 from ._transfer import FileStatus, Journal, Transfer, TransferStatus, TransferType, wait_all
 
 __version__ = "0.1.0"
+
+# A library logs; the application decides where it goes (no last-resort stderr lines).
+_logging.getLogger("axlpy").addHandler(_logging.NullHandler())
 
 __all__ = [
     "AdmissionTimeoutError",
