@@ -1175,6 +1175,10 @@ def _classify(token: str, tid: int, by_token: dict[str, TransferRow], age: float
     row = by_token.get(token)
     if row is not None and row.id != tid:
         row = None
+    if row is not None and _is_live(row):
+        assert row.owner is not None
+        return ("live", False, f"transfer {row.name} is running in pid "
+                f"{row.owner.pid}@{row.owner.host}", row)
     if is_open:
         return "open", False, "a process on this host has it open", row
     if row is None:
@@ -1186,10 +1190,6 @@ def _classify(token: str, tid: int, by_token: dict[str, TransferRow], age: float
                 f" modified {_human_age(age)} ago", None)
     if row.state.is_final:
         return ("finished", True, f"transfer {row.name} is {row.state.value}", row)
-    if _is_live(row):
-        assert row.owner is not None
-        return ("live", False, f"transfer {row.name} is running in pid "
-                f"{row.owner.pid}@{row.owner.host}", row)
     reason = (f"transfer {row.name} is {row.state.value} with no live owner: "
               f"`{_cmd('resume', row.name)}` uses it, `{_cmd('cancel', row.name)}` "
               "removes it")

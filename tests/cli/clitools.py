@@ -53,11 +53,25 @@ def run_sub(journal: Path, *args: str | os.PathLike[str] | bytes,
 
 def start_sub(journal: Path, *args: str | os.PathLike[str], env: dict[str, str] | None = None,
               **kw: object) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
+    p: subprocess.Popen[bytes] = subprocess.Popen(
         [sys.executable, "-m", "axlpy", *map(os.fsdecode, args)],
         env=env or child_env(journal), cwd=REPO, preexec_fn=_default_sigint,
         **kw,  # type: ignore[call-overload]
     )
+    STARTED.append(p)
+    return p
+
+
+#: processes started by start_sub, reaped after each test (see conftest)
+STARTED: list[subprocess.Popen[bytes]] = []
+
+
+def reap_started() -> None:
+    while STARTED:
+        p = STARTED.pop()
+        if p.poll() is None:
+            p.kill()
+        p.communicate()
 
 
 def run_runner(journal: Path, *args: str | os.PathLike[str] | bytes) -> Result:

@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.cli.clitools import Result, run_runner, run_sub
+from tests.cli.clitools import Result, reap_started, run_runner, run_sub
+
+
+@pytest.fixture(autouse=True)
+def _reap() -> Iterator[None]:
+    """No process a test started outlives it (even when the test fails)."""
+    yield
+    reap_started()
 
 
 @pytest.fixture

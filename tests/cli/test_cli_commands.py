@@ -8,6 +8,8 @@ import base64
 import json
 import os
 import time
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,13 +20,14 @@ from tests.conftest import tree_bytes
 T = axlpy.TransferState
 
 
-def only_transfer(axl) -> dict:
+def only_transfer(axl: Any) -> dict[str, Any]:
     r = axl("ls", "--json")
     assert r.code == 0, r.err
     doc = json.loads(r.out)
     assert doc["version"] == 1
     assert len(doc["transfers"]) == 1
-    return doc["transfers"][0]
+    info: dict[str, Any] = doc["transfers"][0]
+    return info
 
 
 # -- cp ------------------------------------------------------------------------------------
@@ -166,7 +169,7 @@ def test_status_human_and_json(axl, tree, tmp_path):
     by_dst = {f["dst"]: f for f in doc["files"]}
     b = by_dst[str(tmp_path / "o" / "sub" / "b.txt")]
     assert b["state"] == "PUBLISHED" and b["size"] == 6 and b["kind"] == "file"
-    assert b["crc32c"] == "%08x" % axlpy._checksum.crc32c(b"hello\n")
+    assert b["crc32c"] == format(axlpy._checksum.crc32c(b"hello\n"), "08x")
     assert by_dst[str(tmp_path / "o" / "link")]["kind"] == "symlink"
     assert [e["event"] for e in doc["events"]][:3] == ["create", "add", "dispatch"]
     assert doc["events"][-1]["to"] == "COMPLETED"
@@ -203,9 +206,9 @@ def test_non_utf8_paths_do_not_corrupt_json(axl, tmp_path):
     out = axl("status", "--json", "enc").out
     out.encode("ascii")  # plain ASCII JSON whatever the names
     doc = json.loads(out)
-    f = next(x for x in doc["files"] if x["kind"] == "file")
-    assert base64.b64decode(f["dst_b64"]) == os.path.join(dst, raw)
-    assert os.fsencode(f["dst"]) == os.path.join(dst, raw)  # \udcNN round-trips
+    fi = next(x for x in doc["files"] if x["kind"] == "file")
+    assert base64.b64decode(fi["dst_b64"]) == os.path.join(dst, raw)
+    assert os.fsencode(fi["dst"]) == os.path.join(dst, raw)  # \udcNN round-trips
     assert "dst_b64" not in doc["files"][0]  # only where the bytes are not UTF-8
     assert "caf\\xe9-\\xff.bin" in axl("status", "enc").out
 
@@ -213,7 +216,8 @@ def test_non_utf8_paths_do_not_corrupt_json(axl, tmp_path):
 # -- resume / cancel / free ----------------------------------------------------------------
 
 
-def _crashed_transfer(jpath, src, dst, name="crashed", at="publish.after_commit", hit=1):
+def _crashed_transfer(jpath: Path, src: Path, dst: Path, name: str = "crashed",
+                      at: str = "publish.after_commit", hit: int = 1) -> str:
     """A SYNC transfer killed by SIGKILL at crash point ``at`` (by default just after
     its first batch of files was published)."""
     r = run_sub(jpath, "cp", "--type", "sync", "--name", name, src, dst,
@@ -270,6 +274,7 @@ def test_resume_refused_while_owner_alive(jpath, tree, tmp_path):
         from axlpy._journal import Owner
 
         row = j.db.transfer("mine")
+        assert row is not None
         j.db.set_state(row.id, T.CREATED, T.DISPATCHED, event="dispatch", owner=Owner.me(),
                        extra=assign_temps(j.db.files(row.id), row.token, row.id))
     finally:
@@ -329,11 +334,12 @@ def test_verify_needs_exactly_one_target(axr, tmp_path):
 # -- verify --manifest / latest ------------------------------------------------------------
 
 
-def _manifest():
+def _manifest() -> Any:
     return pytest.importorskip("axlpy._manifest", reason="MPI commit marker not built")
 
 
-def _commit(mod, d, name, files, committed_ns):
+def _commit(mod: Any, d: Path, name: str, files: dict[str, bytes],
+            committed_ns: int) -> None:
     from axlpy._checksum import crc32c
 
     d.mkdir(parents=True)
@@ -385,7 +391,7 @@ def test_latest_none(axr, tmp_path):
 # -- gc ------------------------------------------------------------------------------------
 
 
-def _fake_temp(d, name, age_s):
+def _fake_temp(d: Path, name: str, age_s: float) -> Path:
     p = d / name
     p.write_bytes(b"junk")
     t = time.time() - age_s
@@ -430,7 +436,9 @@ def test_gc_finished_transfer_temps_are_deletable(axr, jpath, tree, tmp_path):
     j = axlpy.Journal(jpath)
     try:
         row = j.db.transfer(name)
+        assert row is not None
         tmp = next(f for f in j.db.files(row.id) if f.kind == "file").tmp
+        assert tmp is not None
     finally:
         j.close()
     axr("cancel", name)
