@@ -160,6 +160,9 @@ def recover(lay: Layout, man: Manifest, scen_spec: Callable[[str], dict[str, Any
             labels.append("resume-refused")
             return Recovery(_label(labels, "not_dispatched"), "not_dispatched", problems,
                             reached)
+        if et == "UsageError" and "no transfer named" in msg:
+            labels.append(f"{op}-refused")
+            return Recovery(_label(labels, "not_created"), "not_created", problems, reached)
         if op == "cancel" and et == "InvalidTransitionError" and "COMPLETED" in msg:
             labels.append("cancel-refused")
             return Recovery(_label(labels, "complete"), "complete", problems, reached)
