@@ -206,10 +206,12 @@ def test_planted_symlink_at_temp_name_is_replaced_not_followed(journal_path, tmp
     # (they are predictable once dispatched) pointing at a file of the victim.
     with axlpy.Journal(journal_path) as j:
         t = j.open("x")
-        rows = j.db.files(j.db.transfer("x").id)
+        row = j.db.transfer("x")
+        assert row is not None
+        rows = j.db.files(row.id)
         (dst / "d").mkdir(parents=True)
         for r in rows:
-            if r.kind == "file":
+            if r.kind == "file" and r.tmp is not None:
                 os.symlink(decoy / "keep", os.path.join(os.path.dirname(r.dst), r.tmp))
         before = snapshot(decoy)
         t.resume()

@@ -176,7 +176,7 @@ def _file_id(journal_path, rel: bytes) -> int:
 
     conn = sqlite3.connect(journal_path)
     try:
-        return conn.execute("SELECT id FROM files WHERE rel = ?", (rel,)).fetchone()[0]
+        return int(conn.execute("SELECT id FROM files WHERE rel = ?", (rel,)).fetchone()[0])
     finally:
         conn.close()
 

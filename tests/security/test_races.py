@@ -18,6 +18,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sec_helpers import final_files, snapshot
@@ -70,7 +71,7 @@ def make_source(root: Path, sizes: dict[str, int]) -> dict[str, bytes]:
     return out
 
 
-def run_transfers(journal: axlpy.Journal, src: Path, dst: Path, **opts: object) -> Counter[str]:
+def run_transfers(journal: axlpy.Journal, src: Path, dst: Path, **opts: Any) -> Counter[str]:
     """Create and dispatch transfers of ``src`` -> ``dst`` until the race time is up."""
     outcomes: Counter[str] = Counter()
     deadline = time.monotonic() + RACE_SECONDS
