@@ -6,6 +6,7 @@ from collections.abc import Generator, Sequence
 
 from ._base import Engine, StageContext, StageResult, StageTask
 from ._copy import stage_file
+from .threaded import name_file
 
 __all__ = ["SyncEngine"]
 
@@ -24,6 +25,10 @@ class SyncEngine(Engine):
         queue = ctx.open_queue()
         try:
             for task in tasks:
-                yield stage_file(task, ctx, queue, buf)
+                try:
+                    res = stage_file(task, ctx, queue, buf)
+                except Exception as exc:
+                    raise name_file(exc, task)  # noqa: B904 (keeps its own __cause__)
+                yield res
         finally:
             queue.close()

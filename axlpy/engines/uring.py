@@ -49,8 +49,9 @@ from .._checksum import crc32c
 from .._crashpoints import crash_point
 from .._errors import IOBackendError, SourceChangedError, TransferCancelledError
 from .._planted import planted
+from .._retry import Disposition, disposition
 from .._staging import fsync_fd
-from ..io import Completion, IOOp, IOQueue, IORequest
+from ..io import Completion, IOOp, IOQueue, IORequest, SubmitError
 from ._base import Engine, StageContext, StageResult, StageTask
 from ._copy import apply_metadata, check_source_unchanged, open_source, queue_io
 from .threaded import name_file, open_temp
@@ -251,7 +252,7 @@ class _Run:
         while item is not None:
             f, value, exc = item
             if exc is not None:
-                raise name_file(exc, f.task) from None
+                raise name_file(exc, f.task)
             if isinstance(value, StageResult):
                 self.active.remove(f)
                 self.done.append(value)
@@ -280,7 +281,16 @@ class _Run:
             self.in_flight += 1
             prepared += 1
         if prepared:
+            self.submit()
+
+    def submit(self) -> None:
+        """Submit what is prepared; requests the mechanism dropped are failed requests,
+        redone under the retry policy like any other."""
+        try:
             self.q.submit()
+        except SubmitError as exc:
+            for req in exc.dropped:
+                self.complete(Completion(req, -(exc.errno or _errno.EIO)))
 
     def open_next(self) -> None:
         task = self.todo.popleft()
@@ -291,7 +301,7 @@ class _Run:
         except BaseException as exc:
             if src_fd >= 0:
                 os.close(src_fd)
-            raise name_file(exc, task) from None
+            raise name_file(exc, task)  # noqa: B904 (keeps its own __cause__)
         r = task.row
         f = _File(task, src_fd, tmp_fd, r.size, os.fsdecode(r.src), os.fsdecode(r.dst),
                   task.resume_from, task.resume_from, task.resume_crc, task.next_extent,
@@ -320,7 +330,7 @@ class _Run:
             else:
                 self.written(f, tag.slot, c.request.offset, res)
         except BaseException as exc:
-            raise name_file(exc, f.task) from None
+            raise name_file(exc, f.task)  # noqa: B904 (keeps its own __cause__)
 
     def redo(self, c: Completion, f: _File) -> int:
         """Redo a failed read or write under the retry policy (first attempt: the failure
@@ -330,7 +340,11 @@ class _Run:
         path = f.dst if write else f.src
         err = c.errno or _errno.EIO
         what = f"{req.op.value} {path!r} @{req.offset}+{req.length}"
-        seen = [False]
+        # The failure seen counts as the first attempt, except one an operator fixes
+        # (ENOSPC): several requests may have failed with it before the operator freed
+        # space and said continue; each such stale failure is redone for real at once,
+        # instead of pausing the transfer again for a problem already fixed.
+        seen = [disposition(OSError(err, "")) is Disposition.OPERATOR]
 
         def attempt() -> int:
             if not seen[0]:
@@ -365,7 +379,7 @@ class _Run:
                 f.ext_crc = 0
                 f.ext_start = f.crc_off
         if prepared:
-            self.q.submit()
+            self.submit()
 
     def written(self, f: _File, slot: int, offset: int, n: int) -> None:
         crash_point("stage.after_write")
