@@ -160,6 +160,9 @@ def recover(lay: Layout, man: Manifest, scen_spec: Callable[[str], dict[str, Any
             labels.append("resume-refused")
             return Recovery(_label(labels, "not_dispatched"), "not_dispatched", problems,
                             reached)
+        if op == "resume" and et == "InvalidTransitionError" and "from CANCELLED" in msg:
+            labels.append("resume-refused")
+            return Recovery(_label(labels, "cancelled"), "cancelled", problems, reached)
         if et == "UsageError" and "no transfer named" in msg:
             labels.append(f"{op}-refused")
             return Recovery(_label(labels, "not_created"), "not_created", problems, reached)

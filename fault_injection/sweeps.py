@@ -77,6 +77,8 @@ class KillCase:
     #: tamper with the destination between crash and recovery ("corrupt", "drop-temp")
     tamper: str | None = None
     sweep: str = "a:kill"
+    #: the verb of the killed recovery (sweep b); ``op`` then recovers from that
+    _rec_verb: str | None = None
 
     @property
     def name(self) -> str:
@@ -108,7 +110,16 @@ class KillCase:
         probs = check_crashed(lay, man)
         if self.tamper:
             probs += _tamper(lay, self.tamper)
-        rec = recover(lay, man, spec, self.op, env, crash_at=self.rec_crash)
+        if self._rec_verb and self._rec_verb != self.op:
+            # kill the first recovery (verb _rec_verb) at rec_crash, then recover with op
+            first = recover(lay, man, spec, self._rec_verb, env, crash_at=self.rec_crash,
+                            max_rounds=1)
+            probs += [p for p in first.problems if "did not finish" not in p]
+            rec = recover(lay, man, spec, self.op, env)
+            rec.outcome = first.outcome + "→" + rec.outcome
+            rec.reached |= first.reached
+        else:
+            rec = recover(lay, man, spec, self.op, env, crash_at=self.rec_crash)
         probs += finish_check(lay, man, rec)
         res = CaseResult(self.sweep, self.name, rec.outcome, probs,
                          reached=reached | rec.reached)

@@ -1,0 +1,65 @@
+"""Issue 2 item 9: SIGKILL a child at every registered crash point, then recover.
+
+Each registered point is one test per recovery verb (and per transfer type for the
+engine's own ``stage.*`` points): a small transfer is killed at that point — points that
+only recovery reaches are reached by killing the transfer first and then killing the
+recovery there — and a fresh process resumes or cancels. The invariants are the harness's
+(``fault_injection.invariants``): destinations byte-identical and COMPLETED after resume;
+no temps, no partial finals, sources intact and CANCELLED after cancel; journal integrity.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from axlpy._crashpoints import CRASH_POINTS
+from fault_injection.scenarios import SCENARIOS, available_types
+from fault_injection.sweeps import KillCase, code_crash_points
+
+pytestmark = pytest.mark.timeout(300)
+
+TYPES = available_types()
+
+#: points only recovery reaches: (crash the start here first, tamper, recovery verb)
+RECOVERY_ONLY: dict[str, tuple[str, str | None, str]] = {
+    "cancel.after_unlink_temp": ("stage.after_commit", None, "cancel"),
+    "cancel.after_dir_fsync": ("stage.after_commit", None, "cancel"),
+    "cancel.after_commit": ("stage.after_commit", None, "cancel"),
+    "resume.after_takeover": ("stage.after_write", None, "resume"),
+    "resume.after_remove_temp": ("stage.after_write", None, "resume"),
+    "resume.after_reset_file": ("stage.after_commit", "drop-temp", "resume"),
+}
+
+
+def _cases() -> list[object]:
+    out = []
+    for point in sorted(CRASH_POINTS):
+        types = TYPES if point.startswith("stage.") else TYPES[:1]
+        for ttype in types:
+            for op in ("resume", "cancel"):
+                out.append(pytest.param(point, ttype, op, id=f"{point}-{ttype}-{op}"))
+    return out
+
+
+def _case(point: str, ttype: str, op: str) -> KillCase:
+    scen = SCENARIOS["move" if point.startswith(("move.", "renamed.")) else "tree"]
+    if point in RECOVERY_ONLY:
+        first, tamper, verb = RECOVERY_ONLY[point]
+        return KillCase(scen, ttype, first, 1, op, tamper=tamper,
+                        rec_crash=(point, 1), sweep="b", _rec_verb=verb)
+    return KillCase(scen, ttype, point, 1, op)
+
+
+@pytest.mark.parametrize(("point", "ttype", "op"), _cases())
+def test_kill_at_point_then_recover(point: str, ttype: str, op: str) -> None:
+    case = _case(point, ttype, op)
+    res = case()
+    assert res.skipped is None, f"{point} was not reached: {res.outcome}"
+    assert point in res.reached, f"{point} not reached (reached: {sorted(res.reached)})"
+    assert res.ok, "\n".join([res.outcome, *res.problems])
+
+
+def test_registry_matches_code() -> None:
+    in_code = code_crash_points()
+    assert in_code - set(CRASH_POINTS) == set(), "crash_point names missing from registry"
+    assert set(CRASH_POINTS) - in_code == set(), "registered points never called"
