@@ -433,8 +433,14 @@ class _Reporter:
     """Shows a transfer's progress on stderr: a redrawn bar on a terminal, a quiet line
     every ``interval`` seconds otherwise, and a summary at the end."""
 
-    def __init__(self, name: str, mode: str, stream: IO[str] | None = None) -> None:
+    def __init__(self, name: str, mode: str, stream: IO[str] | None = None,
+                 baseline: int = 0, published: int = 0) -> None:
         self.name = name
+        #: bytes of files published before this run: a resume verifies them but does not
+        #: count them in its Progress, so the display adds them
+        self.published = published
+        #: bytes already durable before this run (a resume): not counted in the rate
+        self.baseline = baseline
         self.stream = stream or sys.stderr
         if mode == "auto":
             mode = "bar" if _isatty(self.stream) else "lines"
@@ -461,10 +467,11 @@ class _Reporter:
 
     def _text(self, p: Progress) -> str:
         rate = p.rate
-        left = max(0, p.bytes_total - p.bytes_done)
+        done = min(p.bytes_total, p.bytes_done + self.published)
+        left = max(0, p.bytes_total - done)
         eta = _human_duration(left / rate) if rate > 0 else "--:--"
-        pct = 100.0 * p.bytes_done / p.bytes_total if p.bytes_total else 100.0
-        return (f"{pct:3.0f}% {_human_bytes(p.bytes_done)}/{_human_bytes(p.bytes_total)}"
+        pct = 100.0 * done / p.bytes_total if p.bytes_total else 100.0
+        return (f"{pct:3.0f}% {_human_bytes(done)}/{_human_bytes(p.bytes_total)}"
                 f"  {p.files_done}/{p.files_total} files  {_human_bytes(rate)}/s"
                 f"  ETA {eta}")
 
@@ -474,7 +481,8 @@ class _Reporter:
         width = max(0, min(30, cols - len(text) - 4))
         bar = ""
         if width >= 5:
-            frac = p.bytes_done / p.bytes_total if p.bytes_total else 1.0
+            done = min(p.bytes_total, p.bytes_done + self.published)
+            frac = done / p.bytes_total if p.bytes_total else 1.0
             fill = int(width * min(1.0, frac))
             bar = "[" + "#" * fill + "-" * (width - fill) + "] "
         self._write(f"\r{bar}{text}\x1b[K")
@@ -501,9 +509,11 @@ class _Reporter:
         if self.mode == "none":
             return
         dt = time.monotonic() - self.started
+        copied = max(0, st.bytes_done - self.baseline)
+        extra = f" ({_human_bytes(copied)} copied now)" if self.baseline else ""
         self._write(f"axlpy: {self.name}: {st.state.value}: {st.files_done} files, "
-                    f"{_human_bytes(st.bytes_done)} in {dt:.1f}s "
-                    f"({_human_bytes(st.bytes_done / dt if dt > 0 else 0)}/s)\n")
+                    f"{_human_bytes(st.bytes_done)}{extra} in {dt:.1f}s "
+                    f"({_human_bytes(copied / dt if dt > 0 else 0)}/s)\n")
 
 
 def _isatty(stream: IO[str]) -> bool:
@@ -672,7 +682,7 @@ def cp(ttype: str, move: bool, metadata: bool, name: str | None, progress: str,
 # -- ls ------------------------------------------------------------------------------------
 
 
-@cli.command(name="ls")
+@cli.command(name="ls", epilog=EXIT_CODES_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @_common_options
 @_handle_errors
@@ -862,7 +872,10 @@ def resume(name: str, force: bool, progress: str) -> None:
         if row.state is _T.COMPLETED:
             click.echo(f"axlpy: {name}: already COMPLETED; nothing to do", err=True)
             return
-        reporter = _Reporter(name, progress)
+        published = sum(r.size for r in j.db.files(row.id, [_F.PUBLISHED])
+                        if r.kind == "file")
+        reporter = _Reporter(name, progress, baseline=j.db.progress(row.id)[0],
+                             published=published)
         t = j.open(name, on_progress=reporter)
         click.echo(f"axlpy: resuming {name} ({row.state.value})", err=True)
         _run_transfer(t, reporter, functools.partial(t.resume, force=force))
@@ -1080,7 +1093,8 @@ def verify(name: str | None, manifest_dir: str | None, partial: bool,
         note = ""
         if doc.get("not_published"):
             note = f"; {doc['not_published']} not published yet ({doc['state']})"
-        verdict = "OK" if doc["ok"] else "FAILED"
+        verdict = ("OK" if doc["ok"] else "FAILED" if doc["mismatches"]
+                   or doc.get("state") == _T.CANCELLED.value else "INCOMPLETE")
         click.echo(f"{verdict}: {what}: {doc['checked']} checked, "
                    f"{len(doc['mismatches'])} mismatches{note}")
         if "state" in doc and not doc["complete"] and not doc["mismatches"]:
