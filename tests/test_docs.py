@@ -28,7 +28,7 @@ def _script(name: str) -> ModuleType:
     return mod
 
 
-COMMANDS = sorted(cli.commands)  # type: ignore[attr-defined]
+COMMANDS = sorted(cli.commands)
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -41,7 +41,7 @@ def test_every_command_is_documented(command):
 
 @pytest.mark.parametrize("command", COMMANDS)
 def test_every_read_command_with_json_documents_it(command):
-    cmd = cli.commands[command]  # type: ignore[attr-defined]
+    cmd = cli.commands[command]
     if not any("--json" in p.opts for p in cmd.params if isinstance(p, click.Option)):
         return
     doc = (DOCS / "cli.md").read_text()
@@ -50,7 +50,7 @@ def test_every_read_command_with_json_documents_it(command):
 
 def test_read_commands_have_json():
     for name in ("ls", "status", "verify", "latest", "gc"):
-        cmd = cli.commands[name]  # type: ignore[attr-defined]
+        cmd = cli.commands[name]
         assert any("--json" in p.opts for p in cmd.params if isinstance(p, click.Option))
 
 
