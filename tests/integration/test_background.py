@@ -33,7 +33,9 @@ def area(tmp_path):
 
 
 def _make_src(root, rng: random.Random, n: int) -> dict[str, bytes]:
-    files = {}
+    files = {"big": rng.randbytes(6 * MiB)}  # so there is always something in flight
+    (root / "big").parent.mkdir(parents=True, exist_ok=True)
+    (root / "big").write_bytes(files["big"])
     for i in range(n):
         size = rng.choice([0, 1, 5000, 64 * KiB, 300 * KiB, 2 * MiB + 17])
         rel = f"d{i % 4}/f{i}"
@@ -81,7 +83,7 @@ def test_cancel_at_random_moments(area, ttype):
         hit = threading.Event()
         t._on_progress = lambda p, at=at, hit=hit: hit.set() if p.bytes_done >= at else None
         t.dispatch()
-        hit.wait(rng.random() * 0.2)
+        hit.wait(5)
         try:
             t.cancel()
         except axlpy.InvalidTransitionError:
@@ -89,8 +91,8 @@ def test_cancel_at_random_moments(area, ttype):
         t.wait(timeout=120)
         outcomes.append(_check_invariants(t, dst, files))
         t.free()
-    assert set(threading.enumerate()) == threads_before
-    assert set(os.listdir("/proc/self/fd")) == fds_before
+    assert set(threading.enumerate()) - threads_before == set()
+    assert set(os.listdir("/proc/self/fd")) - fds_before == set()
     assert "CANCELLED" in outcomes, f"seed {SEED}: never cancelled in flight: {outcomes}"
     j.close()
 
