@@ -110,6 +110,10 @@ class Driver:
         self.cancel_event = cancel or threading.Event()
         self.retry = retry
         self._owners: tuple[int, ...] | None = None
+        # Destination roots that passed _check_inside_roots' root checks (they hold for
+        # every row with that root, and the recorded roots do not change after dispatch).
+        self._normal_roots: set[bytes] = set()
+        self._recorded_roots: set[bytes] = set()
 
     # -- helpers ------------------------------------------------------------------------
 
@@ -135,23 +139,28 @@ class Driver:
         directories are opened (:class:`DirCache`). Raises :class:`SecurityError`.
         """
         rel, root = row.rel, row.root
-        where = f"journal row {row.id} ({os.fsdecode(row.dst)!r})"
+        # Built only for a message: resume checks every row (100k+) before it starts.
+        where = _RowName(row)
         parts = rel.split(b"/") if rel else []
         if (rel.startswith(b"/") or any(p in (b"", b".", b"..") for p in parts)
                 or (row.kind != "dir" and not parts)):
             raise SecurityError(f"{where} escapes its destination root (relative path "
                                 f"{os.fsdecode(rel)!r}); refusing to write")
-        if not root.startswith(b"/") or os.path.normpath(root) != root:
-            raise SecurityError(f"{where} has a destination root that is not an absolute "
-                                "normalised path; refusing to write")
+        if root not in self._normal_roots:
+            if not root.startswith(b"/") or os.path.normpath(root) != root:
+                raise SecurityError(f"{where} has a destination root that is not an "
+                                    "absolute normalised path; refusing to write")
+            self._normal_roots.add(root)
         expect = os.path.join(root, rel) if rel else root
         if expect != row.dst:
             raise SecurityError(f"{where} does not match its root and relative path; "
                                 "refusing to write")
-        roots = self.opts.get("roots") or []
-        if os.fsdecode(root) not in roots:
-            raise SecurityError(f"{where} is outside the destination roots recorded at "
-                                "create time; refusing to write")
+        if root not in self._recorded_roots:
+            roots = self.opts.get("roots") or []
+            if os.fsdecode(root) not in roots:
+                raise SecurityError(f"{where} is outside the destination roots recorded "
+                                    "at create time; refusing to write")
+            self._recorded_roots.add(root)
         if row.kind != "dir" and row.tmp is not None:
             from ._staging import temp_name
 
@@ -500,10 +509,12 @@ class Driver:
                 elif r.state is _F.STAGED:
                     if dfd >= 0 and r.tmp and self._matches(dfd, r.tmp, r, buf):
                         ready.append(r)
+                        self.progress.add_bytes(r.size)
                     elif dfd >= 0 and self._matches(dfd, name, r, buf):
                         if r.tmp:
                             unlink_quiet(dfd, r.tmp)
                         renamed.append(r)
+                        self.progress.add_bytes(r.size)
                     else:
                         if dfd >= 0 and r.tmp:
                             unlink_quiet(dfd, r.tmp)
@@ -512,6 +523,9 @@ class Driver:
                     not self.opts.get("verify_published", True)
                     or (dfd >= 0 and self._matches(dfd, name, r, buf))
                 ):
+                    # Verified work counts as done, so progress reaches 100%.
+                    if r.kind == "file":
+                        self.progress.add_bytes(r.size)
                     self.progress.add_files(1)
                 elif r.state is _F.PUBLISHED:
                     reset.append(r)
@@ -624,6 +638,18 @@ class Driver:
                                        if r.state is not _F.CANCELLED], "cancel-files")
         self._move(_T.CANCELLED, "cancel", owner=None)
         crash_point("cancel.after_commit")
+
+
+class _RowName:
+    """``journal row <id> ('<dst>')`` for messages, formatted only when one is made."""
+
+    __slots__ = ("row",)
+
+    def __init__(self, row: FileRow) -> None:
+        self.row = row
+
+    def __str__(self) -> str:
+        return f"journal row {self.row.id} ({os.fsdecode(self.row.dst)!r})"
 
 
 #: (tree adds: destination root -> source root, single adds: destination -> source)
