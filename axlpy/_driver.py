@@ -63,10 +63,18 @@ class Progress:
     callback: Callable[[Progress], None] | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _last_cb: float = 0.0
+    #: current rate: bytes per second over the last window of >= 0.5 s
+    current_rate: float = 0.0
+    _win_t: float = field(default_factory=time.monotonic, repr=False)
+    _win_b: int = 0
 
     def add_bytes(self, n: int) -> None:
         with self._lock:
             self.bytes_done += n
+            now = time.monotonic()
+            if now - self._win_t >= 0.5:
+                self.current_rate = (self.bytes_done - self._win_b) / (now - self._win_t)
+                self._win_t, self._win_b = now, self.bytes_done
         self._notify()
 
     def add_files(self, n: int) -> None:
@@ -81,11 +89,15 @@ class Progress:
         return self.bytes_done / dt if dt > 0 else 0.0
 
     def _notify(self, force: bool = False) -> None:
+        # Called from several engine threads: the throttle check-and-set is atomic.
         if self.callback is None:
             return
-        now = time.monotonic()
-        if force or now - self._last_cb > 0.1:
-            self._last_cb = now
+        with self._lock:
+            now = time.monotonic()
+            due = force or now - self._last_cb > 0.1
+            if due:
+                self._last_cb = now
+        if due:
             self.callback(self)
 
 
