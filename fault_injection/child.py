@@ -26,8 +26,10 @@ import traceback
 from typing import Any
 
 MARKER = "/axlpy-fi-start-marker"
+#: called once the acknowledgement is durable: what follows is interpreter teardown
+ACKED_MARKER = "/axlpy-fi-acked-marker"
 
-__all__ = ["MARKER", "main", "run"]
+__all__ = ["ACKED_MARKER", "MARKER", "main", "run"]
 
 
 def _install_pause(at: str, hit: int, flag: str) -> None:
@@ -116,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     if spec.get("ack") and res["state"] in ("COMPLETED", "CANCELLED"):
         _ack(spec["ack"], {"op": spec["op"], "state": res["state"],
                            "tag": spec.get("ack_tag")})
+    os.access(ACKED_MARKER, os.F_OK)
     print(json.dumps(res), flush=True)
     if spec.get("die_after_ack"):
         os.kill(os.getpid(), signal.SIGKILL)

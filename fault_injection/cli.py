@@ -48,16 +48,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return res
 
     if a.what in ("ci", "full", "kill", "rec-kill", "coverage"):
-        fns = kill_cases(scens, types, full=full, planted=a.planted)
+        if a.what == "ci" and not a.scenario:
+            # bounded tier: tree reaches every point but move.*, move reaches those;
+            # other engines on the tree; first hit of each point
+            fns = kill_cases(["tree", "move"], types[:1], planted=a.planted, first_only=True)
+            fns += kill_cases(["tree"], types[1:], planted=a.planted, first_only=True)
+        else:
+            fns = kill_cases(scens, types, full=full, planted=a.planted)
         first = run(fns, "sweep a: SIGKILL at every crash point, then resume / cancel")
         if a.what in ("ci", "full", "coverage"):
             run(tamper_cases(types[:1] if a.what == "ci" else types),
                 "sweep g (part): destination damaged between crash and resume")
         if a.what in ("ci", "full", "rec-kill"):
-            rfns = recovery_kill_cases(first, fns, full=full)
-            if a.what == "ci":
-                rfns = [f for f in rfns if getattr(f, "scen", None) is not None
-                        and f.scen.name in ("tree", "move")]
+            rfns = recovery_kill_cases(first, fns, full=full, one_per_point=a.what == "ci")
             run(rfns, "sweep b: SIGKILL again inside recovery, then recover again")
     if a.what in ("ci", "full", "order"):
         from .ordering import ordering_cases

@@ -175,7 +175,8 @@ def baseline_case(scen: Scenario, ttype: str, planted: str | None = None) -> Cas
 
 def kill_cases(scens: Iterable[str], types: Iterable[str], ops: Iterable[str] = ("resume",
                "cancel"), *, full: bool = False, planted: str | None = None,
-               points: Iterable[str] | None = None) -> list[CaseFn]:
+               points: Iterable[str] | None = None, first_only: bool = False
+               ) -> list[CaseFn]:
     """Sweep a: every crash point a scenario reaches (first and later hits) x ops."""
     out: list[CaseFn] = []
     only = set(points) if points is not None else None
@@ -185,7 +186,7 @@ def kill_cases(scens: Iterable[str], types: Iterable[str], ops: Iterable[str] = 
             for point, count in sorted(discover(sn, tt, planted).items()):
                 if only is not None and point not in only:
                     continue
-                for hit in hits_for(count, full):
+                for hit in ([1] if first_only else hits_for(count, full)):
                     for op in ops:
                         out.append(KillCase(SCENARIOS[sn], tt, point, hit, op, planted))
     return out
@@ -205,10 +206,12 @@ def tamper_cases(types: Iterable[str]) -> list[CaseFn]:
 
 
 def recovery_kill_cases(first: list[CaseResult], cases: list[CaseFn], *,
-                        full: bool = False) -> list[CaseFn]:
+                        full: bool = False, one_per_point: bool = False) -> list[CaseFn]:
     """Sweep b: from sweep-a cases (first hit), kill again at every point the recovery
-    reached, then recover again (unarmed)."""
+    reached, then recover again (unarmed). ``one_per_point`` (CI): each recovery point
+    once per verb, from the first sweep-a case that reached it."""
     out: list[CaseFn] = []
+    seen: set[tuple[str, str, str]] = set()
     for res, fn in zip(first, cases, strict=True):
         if not isinstance(fn, KillCase) or fn.hit != 1 or fn.tamper or res.skipped:
             continue
@@ -217,7 +220,11 @@ def recovery_kill_cases(first: list[CaseResult], cases: list[CaseFn], *,
             continue
         rec_trace = collections.Counter(counts)
         for q in sorted(rec_trace):
-            for hit in hits_for(rec_trace[q], full):
+            if one_per_point:
+                if (fn.ttype, fn.op, q) in seen:
+                    continue
+                seen.add((fn.ttype, fn.op, q))
+            for hit in ([1] if one_per_point else hits_for(rec_trace[q], full)):
                 out.append(KillCase(fn.scen, fn.ttype, fn.point, fn.hit, fn.op,
                                     fn.planted, rec_crash=(q, hit), sweep="b:rec-kill"))
     return out
