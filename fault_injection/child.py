@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     spec = json.loads(args[0])
     pause = spec.get("pause")
-    import axlpy  # noqa: F401  (load every module before wrapping crash_point)
+    import axlpy
     import axlpy._transfer  # noqa: F401
 
     if pause:

@@ -34,7 +34,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     a = ap.parse_args(argv)
     types = a.types or available_types()
     full = a.what == "full"
-    scens = a.scenario or (list(SCENARIOS) if a.what != "ci" else list(SCENARIOS))
+    scens = a.scenario or list(SCENARIOS)
     report: list[tuple[str, list[CaseResult], float]] = []
     everything: list[CaseResult] = []
     t_all = time.monotonic()
@@ -61,6 +61,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "sweep g (part): destination damaged between crash and resume")
         if a.what in ("ci", "full", "rec-kill"):
             rfns = recovery_kill_cases(first, fns, full=full, one_per_point=a.what == "ci")
+            if full:  # every engine shares recovery: the full product on the first type
+                rfns = [f for f in rfns if getattr(f, "ttype", None) == types[0]]
             run(rfns, "sweep b: SIGKILL again inside recovery, then recover again")
     if a.what in ("ci", "full", "order"):
         from .ordering import ordering_cases
@@ -74,7 +76,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if a.what in ("full", "power"):
         from .power import power_cases
 
-        run(power_cases(scens, types, full=full, planted=a.planted),
+        run(power_cases(scens, types[:1] if full else types, full=full, planted=a.planted)
+            + (power_cases(["tree"], types[1:], planted=a.planted) if full else []),
             "sweep e: power loss (powerfs)")
     if a.what in ("full", "model"):
         from .model import model_cases

@@ -78,12 +78,15 @@ def _machine(planted: str | None, problems: list[str]) -> type[Any]:
             else:
                 raise AssertionError(f"start failed: {out}")
 
-        @precondition(lambda self: self.model == "OPEN")
+        @precondition(lambda self: self.model != "NONE")
         @rule(crash=st.sampled_from((None, *_RESUME_POINTS)))
         def resume(self, crash: str | None) -> None:
             out = self._run("resume", crash)
             state = self._state()
-            if out == "ok":
+            if self.model == "CANCELLED":
+                if out == "ok" or state != "CANCELLED":
+                    raise AssertionError(f"resume of a cancelled transfer: {out}, {state}")
+            elif out == "ok":
                 self.model = "COMPLETED"
             elif out == "killed":
                 self.model = "COMPLETED" if state == "COMPLETED" else "OPEN"
@@ -94,12 +97,15 @@ def _machine(planted: str | None, problems: list[str]) -> type[Any]:
             else:
                 raise AssertionError(f"resume failed: {out}")
 
-        @precondition(lambda self: self.model == "OPEN")
+        @precondition(lambda self: self.model != "NONE")
         @rule(crash=st.sampled_from((None, *_CANCEL_POINTS)))
         def cancel(self, crash: str | None) -> None:
             out = self._run("cancel", crash)
             state = self._state()
-            if out == "ok":
+            if self.model == "COMPLETED":
+                if out == "ok" or state != "COMPLETED":
+                    raise AssertionError(f"cancel of a completed transfer: {out}, {state}")
+            elif out == "ok":
                 self.model = "CANCELLED"
             elif out == "killed":
                 self.model = "CANCELLED" if state == "CANCELLED" else "OPEN"

@@ -185,13 +185,13 @@ def audit(calls: list[Call], journal: str, trace: str, src_root: str,
                 bad.append(f"rule 6: source {u.paths[0]} deleted before RENAMED was durable")
         w = max((i for i in wal_syncs if i < done), default=0)
         for parent0 in {os.path.dirname(u.paths[0]) for u in src_unl}:
-            last = max(u.idx for u in src_unl if os.path.dirname(u.paths[0]) == parent0)
-            parent = parent0
-            while parent in rmdirs and rmdirs[parent] > last:
+            last_i = max(u.idx for u in src_unl if os.path.dirname(u.paths[0]) == parent0)
+            pdir = parent0
+            while pdir in rmdirs and rmdirs[pdir] > last_i:
                 # the directory itself was removed: its parent's entry is what must last
-                last, parent = rmdirs[parent], os.path.dirname(parent)
-            if not synced_between(parent, last, w):
-                bad.append(f"rule 6: source directory {parent} not fsynced after deletes "
+                last_i, pdir = rmdirs[pdir], os.path.dirname(pdir)
+            if not synced_between(pdir, last_i, w):
+                bad.append(f"rule 6: source directory {pdir} not fsynced after deletes "
                            "before COMPLETED")
     return bad
 

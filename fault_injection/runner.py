@@ -174,7 +174,7 @@ def recover(lay: Layout, man: Manifest, scen_spec: Callable[[str], dict[str, Any
             op = "resume"  # the documented way out once a move is RENAMED
             continue
         problems.append(f"recovery ({op}) failed: {r.brief()}\n{r.stderr[-2000:]}")
-        return Recovery("+".join(labels + ["error"]), None, problems, reached)
+        return Recovery("+".join([*labels, "error"]), None, problems, reached)
     problems.append("recovery did not finish in time")
     return Recovery("+".join(labels), None, problems, reached)
 

@@ -39,7 +39,7 @@ __all__ = [
 CaseFn = Callable[[], CaseResult]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def discover(scen_name: str, ttype: str, planted: str | None = None) -> dict[str, int]:
     """Crash points an unarmed ``start`` of the scenario reaches, with hit counts."""
     scen = SCENARIOS[scen_name]

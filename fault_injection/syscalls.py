@@ -93,7 +93,7 @@ def _main_calls(calls: list[Call], syscall: str) -> tuple[int, list[Call]]:
     return before, [c for c in mine if c.idx > mk.idx]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def baseline(scen_name: str, syscall: str, planted: str | None) -> tuple[int, tuple[str, ...]]:
     scen = SCENARIOS[scen_name]
     root = scratch(f"sysbase-{syscall}")

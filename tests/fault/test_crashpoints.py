@@ -10,6 +10,8 @@ no temps, no partial finals, sources intact and CANCELLED after cancel; journal 
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from axlpy._crashpoints import CRASH_POINTS
@@ -31,8 +33,8 @@ RECOVERY_ONLY: dict[str, tuple[str, str | None, str]] = {
 }
 
 
-def _cases() -> list[object]:
-    out = []
+def _cases() -> list[Any]:
+    out: list[Any] = []
     for point in sorted(CRASH_POINTS):
         types = TYPES if point.startswith("stage.") else TYPES[:1]
         for ttype in types:
