@@ -153,14 +153,14 @@ def audit(calls: list[Call], journal: str, trace: str, src_root: str,
         old, new = r.paths
         if not is_temp(old):
             continue
-        d = os.path.dirname(new)
+        ddir = os.path.dirname(new)
         m = next_marker("publish.after_commit", r.idx)
         if m is None:
             bad.append(f"rule 3: no PUBLISHED commit after renaming {new}")
             continue
         w = max((i for i in wal_syncs if r.idx < i < m), default=None)
-        if w is None or not synced_between(d, r.idx, w):
-            bad.append(f"rule 3: directory {d} not fsynced between the rename of "
+        if w is None or not synced_between(ddir, r.idx, w):
+            bad.append(f"rule 3: directory {ddir} not fsynced between the rename of "
                        f"{os.path.basename(new)} and the PUBLISHED commit")
     # 4: mkdir's parent fsynced before the next commit.
     for mk in mkdirs:
