@@ -222,7 +222,7 @@ class Driver:
                 self.jdb.set_files(self.t.id, [(r, _F.PUBLISHED, {}) for r in renamed],
                                    "published")
                 crash_point("publish.after_commit")
-                self.progress.add_files(len(renamed))
+                self.progress.add_files(sum(r.kind == "file" for r in renamed))
             if ready:
                 results = [StageResult(self._task(dirs, r), r.crc32c or 0, r.size, 0)
                            for r in ready]
@@ -338,7 +338,7 @@ class Driver:
         self.jdb.set_files(self.t.id, [(r.task.row, _F.PUBLISHED, {}) for r in group],
                            "published")
         crash_point("publish.after_commit")
-        self.progress.add_files(len(group))
+        self.progress.add_files(sum(r.task.row.kind == "file" for r in group))
 
     def _temp_owners(self) -> tuple[int, ...]:
         """Who may own a staged temp: us, or (metadata copy as root) the source's owner."""
@@ -538,7 +538,7 @@ class Driver:
                     # Verified work counts as done, so progress reaches 100%.
                     if r.kind == "file":
                         self.progress.add_bytes(r.size)
-                    self.progress.add_files(1)
+                        self.progress.add_files(1)
                 elif r.state is _F.PUBLISHED:
                     reset.append(r)
         if reset:

@@ -589,7 +589,7 @@ class JournalDB:
                 "SELECT COALESCE(SUM(CASE WHEN state IN ('STAGED','PUBLISHED') THEN size"
                 " ELSE bytes_done END), 0), COALESCE(SUM(size), 0),"
                 " SUM(state = 'PUBLISHED'), COUNT(*) FROM files"
-                " WHERE transfer_id = ? AND kind != 'dir'", (tid,),
+                " WHERE transfer_id = ? AND kind = 'file'", (tid,),
             ).fetchone()
         return int(r[0]), int(r[1]), int(r[2] or 0), int(r[3])
 

@@ -28,10 +28,10 @@ from ._errors import (
     UsageError,
 )
 from ._journal import FileRow, JournalDB, TransferRow
+from ._retry import InterventionController, RetryEvent, RetryPolicy, call_persistently
 from ._sources import Limits, walk_source
 from ._state import FileState, TransferState
 from .engines import Engine, get_engine
-from ._retry import InterventionController, RetryEvent, RetryPolicy, call_persistently
 from .io import IOQueue, open_default_queue, open_queue
 
 #: builds the IO queue of one engine thread from the queue depth (tests, embedders)

@@ -34,6 +34,7 @@ import errno
 import importlib.metadata
 import os
 import select
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -58,6 +59,10 @@ _MAX_RETRIES = 16
 _IGNORED = 0
 
 
+_LIBURING: ModuleType | None = None
+_LIBURING_LOCK = threading.Lock()
+
+
 def load_liburing() -> ModuleType:
     """Import the liburing binding after checking its installed version.
 
@@ -77,10 +82,19 @@ def load_liburing() -> ModuleType:
             f"liburing {version} is installed but axlpy only loads {SUPPORTED_LIBURING} "
             f"(the 2026.x build can crash with SIGILL): {_INSTALL_HINT}"
         )
-    import liburing
+    global _LIBURING
+    # liburing's package __init__ loads its API through a custom importer that rewrites a
+    # .pyc as it goes; two threads importing it at once let the second one see a module
+    # without io_uring() yet (seen: "module 'liburing' has no attribute 'io_uring'").
+    # Import it once, under a lock, and hand out the finished module.
+    with _LIBURING_LOCK:
+        if _LIBURING is None:
+            import liburing
 
-    module: ModuleType = liburing
-    return module
+            if not hasattr(liburing, "io_uring"):  # pragma: no cover - defensive
+                raise BackendUnavailableError("liburing imported without its io_uring API")
+            _LIBURING = liburing
+        return _LIBURING
 
 
 def _check_kernel() -> None:

@@ -12,7 +12,7 @@ import pytest
 
 import axlpy
 from axlpy.engines import ENGINE_TYPES
-from axlpy.io import probe_queue
+from axlpy.io import IOOp, IOQueue, IORequest, PosixIOQueue, probe_queue
 
 _URING = probe_queue("uring")
 requires_uring = [
@@ -24,6 +24,39 @@ BACKGROUND = [pytest.param(t, marks=requires_uring if t == "uring" else ())
 SEED = int(os.environ.get("AXLPY_TEST_SEED", "20261121"))
 KiB = 1024
 MiB = 1024 * KiB
+
+
+class PacedQueue(IOQueue):
+    """A real POSIX queue that paces writes (1 ms each), so a transfer is still in flight
+    when the random cancel arrives, however fast the machine is."""
+
+    name = "paced"
+    thread_safe = True
+
+    def __init__(self, depth: int) -> None:
+        self.inner = PosixIOQueue(depth)
+
+    def prep(self, request: IORequest) -> None:
+        if request.op is IOOp.WRITE:
+            time.sleep(0.001)
+        self.inner.prep(request)
+
+    def submit(self) -> int:
+        return self.inner.submit()
+
+    def reap(self, min_complete=1, timeout=None):
+        return self.inner.reap(min_complete, timeout)
+
+    @property
+    def depth(self) -> int:
+        return self.inner.depth
+
+    @property
+    def in_flight(self) -> int:
+        return self.inner.in_flight
+
+    def close(self) -> None:
+        self.inner.close()
 
 
 @pytest.fixture
@@ -77,7 +110,7 @@ def test_cancel_at_random_moments(area, ttype):
     for i in range(12):
         dst = area / f"dst{i}"
         t = j.create(f"t{i}", ttype, chunk_size=64 * KiB, extent_size=256 * KiB,
-                     workers=rng.choice([0, 1, 3]))
+                     workers=rng.choice([0, 1, 3]), queue_factory=PacedQueue)
         t.add(src, dst)
         at = rng.random() * total
         hit = threading.Event()
@@ -116,7 +149,7 @@ def test_many_concurrent_transfers_independent(area, ttype):
     held._on_progress = lambda p: held._cancel.wait(60)
     for t in ts:
         t.dispatch()
-    assert held.running
+    assert held.running, (held.state, held._error)
     ts[victim].cancel()
     deadline = time.monotonic() + 120
     while not all(t.test() or t.state.is_final for t in ts if t is not ts[victim]):
