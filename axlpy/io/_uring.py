@@ -34,6 +34,7 @@ import errno
 import importlib.metadata
 import os
 import select
+import sys
 import threading
 import time
 from collections import deque
@@ -89,12 +90,27 @@ def load_liburing() -> ModuleType:
     # Import it once, under a lock, and hand out the finished module.
     with _LIBURING_LOCK:
         if _LIBURING is None:
+            _LIBURING = _import_liburing()
+        return _LIBURING
+
+
+def _import_liburing() -> ModuleType:
+    # Several *processes* (MPI ranks) importing it at once can also race on that .pyc
+    # (seen: FileNotFoundError from its importer): drop the half-made module and retry.
+    for attempt in range(5):
+        try:
             import liburing
 
-            if not hasattr(liburing, "io_uring"):  # pragma: no cover - defensive
-                raise BackendUnavailableError("liburing imported without its io_uring API")
-            _LIBURING = liburing
-        return _LIBURING
+            if hasattr(liburing, "io_uring"):
+                module: ModuleType = liburing
+                return module
+        except (ImportError, OSError):
+            if attempt == 4:
+                raise
+        for name in [m for m in sys.modules if m == "liburing" or m.startswith("liburing.")]:
+            del sys.modules[name]
+        time.sleep(0.05 * (attempt + 1))
+    raise BackendUnavailableError("liburing imported without its io_uring API")
 
 
 def _check_kernel() -> None:
