@@ -555,36 +555,39 @@ class CommTransfer:
         and CRC32C), fsync their directories, journal the discard. The transfer stays
         COMPLETED (the state table has no way back), and resume refuses it."""
         from ._checksum import crc32c, file_crc32c
-        from ._staging import fsync_dir
+        from ._errors import SecurityError
+        from ._staging import DirCache, fsync_dir
 
         rows = [r for r in self.journal.db.files(self.transfer._row.id)
                 if r.state is FileState.PUBLISHED and r.kind != "dir"]
         buf = bytearray(4 << 20)
-        dirs: set[bytes] = set()
+        touched: dict[int, None] = {}
         removed = 0
-        for r in rows:
-            try:
-                if r.kind == "symlink":
-                    ok = crc32c(os.readlink(r.dst)) == r.crc32c
-                else:
-                    fd = os.open(r.dst, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-                    try:
-                        ok = (os.fstat(fd).st_size == r.size
-                              and file_crc32c(fd, r.size, buf=buf) == (r.crc32c, r.size))
-                    finally:
-                        os.close(fd)
-            except OSError:
-                continue
-            if ok:
-                os.unlink(r.dst)
-                removed += 1
-                dirs.add(os.path.dirname(r.dst))
-        for d in dirs:
-            fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-            try:
-                fsync_dir(fd)
-            finally:
-                os.close(fd)
+        # Through directory fds walked with O_NOFOLLOW below each recorded root, like the
+        # driver's cancel: a directory swapped for a symlink cannot redirect an unlink.
+        with DirCache(mkdirs=False) as dirs:
+            for r in rows:
+                parent, name = os.path.split(r.rel)
+                try:
+                    dfd = dirs.open(r.root, parent)
+                    if r.kind == "symlink":
+                        ok = crc32c(os.readlink(name, dir_fd=dfd)) == r.crc32c
+                    else:
+                        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                                     dir_fd=dfd)
+                        try:
+                            ok = (os.fstat(fd).st_size == r.size
+                                  and file_crc32c(fd, r.size, buf=buf) == (r.crc32c, r.size))
+                        finally:
+                            os.close(fd)
+                except (OSError, SecurityError):
+                    continue
+                if ok:
+                    os.unlink(name, dir_fd=dfd)
+                    removed += 1
+                    touched[dfd] = None
+            for dfd in touched:
+                fsync_dir(dfd)
         self.journal.db.record_event(self.transfer._row.id, _EV_DISCARD,
                                      f"{removed} of {len(rows)} files removed")
 
