@@ -1270,9 +1270,10 @@ def gc(directory: str, do_delete: bool, include_resumable: bool, min_age: float,
             if deletable and do_delete:
                 if _still_deletable(p, st, token, tid, j, cls):
                     try:
-                        os.unlink(p)
-                        action = "deleted"
-                        _fsync_parent(p)
+                        if _unlink_same_inode(p, st):
+                            action = "deleted"
+                        else:
+                            action, reason = "keep", f"{reason}; replaced while gc ran, kept"
                     except OSError as exc:
                         action, reason = "error", f"{reason}; unlink failed: {exc.strerror}"
                 else:
@@ -1313,14 +1314,21 @@ def gc(directory: str, do_delete: bool, include_resumable: bool, min_age: float,
         raise click.exceptions.Exit(EXIT_FAILURE)
 
 
-def _fsync_parent(p: bytes) -> None:
-    """Make an unlink durable (so a temp does not come back after a power loss)."""
-    with contextlib.suppress(OSError):
-        fd = os.open(os.path.dirname(p) or b".", os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+def _unlink_same_inode(p: bytes, st: os.stat_result) -> bool:
+    """Unlink ``p`` only if its name still holds the inode gc classified, through the
+    parent's directory fd (a directory swapped for a symlink cannot redirect it), then
+    fsync that directory. Returns False, removing nothing, if the entry changed."""
+    parent, name = os.path.split(p)
+    dfd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        now = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+        if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
+            return False
+        os.unlink(name, dir_fd=dfd)
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+    return True
 
 
 # -- entry point ---------------------------------------------------------------------------
