@@ -51,7 +51,7 @@ def test_quick_mode_reports_every_tool(tmp_path: Path, tmpfs_dir: Path) -> None:
     ran = set(result["tools"])
     assert {"axlpy-sync", "cp -r", "rsync -a", "copytree"} <= ran
     for name in engines:
-        assert name in ran or t.value in result["skipped_types"], name
+        assert name in ran or name.removeprefix("axlpy-") in result["skipped_types"], name
     assert [s["name"] for s in result["scenarios"]] == [
         "1 x 8 MiB", "64 x 64 KiB", "300 x 4 KiB (tmpfs)"]
     for s in result["scenarios"]:
