@@ -124,7 +124,10 @@ def test_one_rank_source_missing_no_marker_error_everywhere(
     assert not (ckpt(work) / _manifest.MARKER).exists()
     assert _manifest.latest_valid_checkpoint(work / "shared") is None
     if policy == "cancel":
-        assert {r["state"] for r in results.values()} == {"CANCELLED"}
+        # A rank that finished before the failure was agreed stays COMPLETED (the state
+        # table has no way back) but discards its files; the failed rank is CANCELLED.
+        assert {r["state"] for r in results.values()} <= {"CANCELLED", "COMPLETED"}
+        assert results[bad]["state"] == "CANCELLED"
         # every rank removed what it had published: no file is left in the checkpoint
         assert [p for p in ckpt(work).rglob("*") if p.is_file()] == []
     else:
