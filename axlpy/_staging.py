@@ -36,6 +36,7 @@ __all__ = [
     "DirCache",
     "check_staged",
     "create_temp",
+    "current_umask",
     "fsync_dir",
     "fsync_fd",
     "same_entry",
@@ -285,3 +286,22 @@ def open_dir_quiet(path: bytes) -> Iterator[int | None]:
         yield fd
     finally:
         os.close(fd)
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it.
+
+    ``os.umask(0)`` then restoring it would leave the umask 0 for an instant in which
+    another engine thread's mkdir or create gets a world-writable mode; Linux >= 4.7
+    shows the umask in /proc/self/status, so read it there (the swap is the fallback).
+    """
+    try:
+        with open("/proc/self/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    umask = os.umask(0o077)  # a restrictive stand-in for the instant of the swap
+    os.umask(umask)
+    return umask

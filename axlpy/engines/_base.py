@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from .._journal import FileRow
+from .._staging import current_umask
 from ..io import IOQueue
 
 __all__ = ["Engine", "StageContext", "StageResult", "StageTask"]
@@ -64,6 +65,8 @@ class StageContext:
     #: called with a byte count as data is written (thread-safe)
     on_bytes: Callable[[int], None]
     cancel: threading.Event = field(default_factory=threading.Event)
+    #: the process umask when the transfer (re)started: final modes are ``mode & ~umask``
+    umask: int = field(default_factory=current_umask)
     workers: int = 1
     #: how to call one operation under the retry policy: ``retry(fn, what)``
     retry: Callable[[Callable[[], int], str], int] = field(

@@ -92,8 +92,9 @@ def queue_io(queue: IOQueue, write: bool, fd: int, buf: memoryview, offset: int,
     return res
 
 
-def apply_metadata(fd: int, task: StageTask, copy_metadata: bool) -> None:
-    """Give the temp its final mode (and, with metadata copy, owner and mtime)."""
+def apply_metadata(fd: int, task: StageTask, copy_metadata: bool, umask: int) -> None:
+    """Give the temp its final mode (and, with metadata copy, owner and mtime); ``umask``
+    is the transfer's, read once (``StageContext.umask``), not once per file."""
     row = task.row
     if copy_metadata:
         try:
@@ -103,26 +104,7 @@ def apply_metadata(fd: int, task: StageTask, copy_metadata: bool) -> None:
         os.fchmod(fd, row.mode & 0o7777)
         os.utime(fd, ns=(row.mtime_ns, row.mtime_ns))
     else:
-        os.fchmod(fd, row.mode & 0o777 & ~current_umask())
-
-
-def current_umask() -> int:
-    """The process umask, read without changing it.
-
-    ``os.umask(0)`` then restoring it would leave the umask 0 for an instant in which
-    another engine thread's mkdir or create gets a world-writable mode; Linux >= 4.7
-    shows the umask in /proc/self/status, so read it there (the swap is the fallback).
-    """
-    try:
-        with open("/proc/self/status", "rb") as f:
-            for line in f:
-                if line.startswith(b"Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    umask = os.umask(0o077)  # a restrictive stand-in for the instant of the swap
-    os.umask(umask)
-    return umask
+        os.fchmod(fd, row.mode & 0o777 & ~umask)
 
 
 def stage_file(task: StageTask, ctx: StageContext, queue: IOQueue,
@@ -174,7 +156,7 @@ def stage_file(task: StageTask, ctx: StageContext, queue: IOQueue,
                 ext_crc = 0
                 ext_start = offset
         check_source_unchanged(src_fd, task)
-        apply_metadata(tmp_fd, task, ctx.copy_metadata)
+        apply_metadata(tmp_fd, task, ctx.copy_metadata, ctx.umask)
         if not planted("rename_before_fsync"):
             fsync_fd(tmp_fd)
         crash_point("stage.after_fsync")

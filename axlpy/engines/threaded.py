@@ -212,7 +212,7 @@ def copy_file_pipelined(task: StageTask, ctx: StageContext, rq: IOQueue, wq: IOQ
         finally:
             writer.drain()
         check_source_unchanged(src_fd, task)
-        apply_metadata(tmp_fd, task, ctx.copy_metadata)
+        apply_metadata(tmp_fd, task, ctx.copy_metadata, ctx.umask)
         if not planted("rename_before_fsync"):
             fsync_fd(tmp_fd)
         crash_point("stage.after_fsync")

@@ -409,7 +409,7 @@ class _Run:
 
         def job() -> StageResult:
             check_source_unchanged(f.src_fd, task)
-            apply_metadata(f.tmp_fd, task, ctx.copy_metadata)
+            apply_metadata(f.tmp_fd, task, ctx.copy_metadata, ctx.umask)
             if not planted("rename_before_fsync"):
                 fsync_fd(f.tmp_fd)
             crash_point("stage.after_fsync")
