@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 import axlpy
+from axlpy.io import IOQueue, IORequest, PosixIOQueue
 
 
 @pytest.fixture
@@ -59,3 +60,34 @@ def temp_files(root: Path) -> list[str]:
             if TEMP_PATTERN.search(os.fsencode(f)):
                 found.append(os.path.join(dirpath, f))
     return found
+
+
+class PosixWrapperQueue(IOQueue):
+    """A real POSIX queue behind a hook: subclasses override ``prep`` to count, gate or
+    pace requests and then call ``super().prep``. Built as ``queue_factory(depth)``."""
+
+    name = "posix-wrapper"
+    thread_safe = True
+
+    def __init__(self, depth: int) -> None:
+        self.inner = PosixIOQueue(depth)
+
+    def prep(self, request: IORequest) -> None:
+        self.inner.prep(request)
+
+    def submit(self) -> int:
+        return self.inner.submit()
+
+    def reap(self, min_complete=1, timeout=None):
+        return self.inner.reap(min_complete, timeout)
+
+    @property
+    def depth(self) -> int:
+        return self.inner.depth
+
+    @property
+    def in_flight(self) -> int:
+        return self.inner.in_flight
+
+    def close(self) -> None:
+        self.inner.close()

@@ -18,7 +18,8 @@ import axlpy
 from axlpy.engines import ENGINE_TYPES
 from axlpy.engines.threaded import default_workers
 from axlpy.engines.uring import op_size_for
-from axlpy.io import IOOp, IOQueue, IORequest, PosixIOQueue, probe_queue
+from axlpy.io import IOOp, IORequest, probe_queue
+from tests.conftest import PosixWrapperQueue
 
 _URING = probe_queue("uring")
 requires_uring = [
@@ -62,39 +63,18 @@ def _fds() -> set[str]:
     return set(os.listdir("/proc/self/fd"))
 
 
-class CountingQueue(IOQueue):
+class CountingQueue(PosixWrapperQueue):
     """A real POSIX queue that counts the bytes written through it (for resume tests)."""
 
     name = "counting"
-    thread_safe = True
     written = 0
     lock = threading.Lock()
-
-    def __init__(self, depth: int) -> None:
-        self.inner = PosixIOQueue(depth)
 
     def prep(self, request: IORequest) -> None:
         if request.op is IOOp.WRITE:
             with CountingQueue.lock:
                 CountingQueue.written += request.length
-        self.inner.prep(request)
-
-    def submit(self) -> int:
-        return self.inner.submit()
-
-    def reap(self, min_complete=1, timeout=None):
-        return self.inner.reap(min_complete, timeout)
-
-    @property
-    def depth(self) -> int:
-        return self.inner.depth
-
-    @property
-    def in_flight(self) -> int:
-        return self.inner.in_flight
-
-    def close(self) -> None:
-        self.inner.close()
+        super().prep(request)
 
 
 def test_default_workers():
@@ -300,7 +280,7 @@ def test_resume_distrusts_corrupt_extent(area, ttype):
     j.close()
 
 
-class GatedQueue(CountingQueue):
+class GatedQueue(PosixWrapperQueue):
     """A real POSIX queue whose writes past ``limit`` bytes wait for ``gate``: the copy
     stops mid-file deterministically, whatever the machine's speed."""
 
@@ -310,7 +290,7 @@ class GatedQueue(CountingQueue):
     def prep(self, request: IORequest) -> None:
         if request.op is IOOp.WRITE and request.offset >= GatedQueue.limit:
             GatedQueue.gate.wait(60)
-        self.inner.prep(request)
+        PosixWrapperQueue.prep(self, request)
 
 
 @pytest.mark.parametrize("ttype", BACKGROUND)

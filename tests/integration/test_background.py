@@ -12,7 +12,8 @@ import pytest
 
 import axlpy
 from axlpy.engines import ENGINE_TYPES
-from axlpy.io import IOOp, IOQueue, IORequest, PosixIOQueue, probe_queue
+from axlpy.io import IOOp, IORequest, probe_queue
+from tests.conftest import PosixWrapperQueue
 
 _URING = probe_queue("uring")
 requires_uring = [
@@ -26,37 +27,16 @@ KiB = 1024
 MiB = 1024 * KiB
 
 
-class PacedQueue(IOQueue):
+class PacedQueue(PosixWrapperQueue):
     """A real POSIX queue that paces writes (1 ms each), so a transfer is still in flight
     when the random cancel arrives, however fast the machine is."""
 
     name = "paced"
-    thread_safe = True
-
-    def __init__(self, depth: int) -> None:
-        self.inner = PosixIOQueue(depth)
 
     def prep(self, request: IORequest) -> None:
         if request.op is IOOp.WRITE:
             time.sleep(0.001)
-        self.inner.prep(request)
-
-    def submit(self) -> int:
-        return self.inner.submit()
-
-    def reap(self, min_complete=1, timeout=None):
-        return self.inner.reap(min_complete, timeout)
-
-    @property
-    def depth(self) -> int:
-        return self.inner.depth
-
-    @property
-    def in_flight(self) -> int:
-        return self.inner.in_flight
-
-    def close(self) -> None:
-        self.inner.close()
+        super().prep(request)
 
 
 @pytest.fixture
