@@ -105,10 +105,16 @@ def baseline(scen_name: str, syscall: str, planted: str | None) -> tuple[int, tu
         raise RuntimeError(f"traced baseline for {syscall} failed ({rc}): {out[-2000:]}")
     k, after = _main_calls(calls, syscall)
     cleanup(root, True)
-    # The child's own acknowledgement (ack file and its directory) is harness, not axlpy.
+    # The child's own acknowledgement (ack file and its directory) and its output to the
+    # harness (stdout/stderr pipes, a terminal) are harness, not axlpy.
     mine = (lay.ack, lay.root)
-    return k, tuple("<harness>" if c.paths and c.paths[0] in mine
+    return k, tuple("<harness>" if c.paths and (c.paths[0] in mine
+                                                or c.paths[0].startswith(_NOT_FILES))
                     else (os.path.basename(c.paths[0]) if c.paths else "?") for c in after)
+
+
+#: strace -y names for descriptors that are not files axlpy writes (the child's output)
+_NOT_FILES = ("pipe:", "socket:", "/dev/pts/", "/dev/null", "/dev/tty")
 
 
 @dataclass
