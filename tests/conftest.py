@@ -9,7 +9,21 @@ from pathlib import Path
 import pytest
 
 import axlpy
-from axlpy.io import IOQueue, IORequest, PosixIOQueue
+from axlpy.io import IOQueue, IORequest, PosixIOQueue, probe_queue
+
+# Each capability probe runs once (probe_queue is cached; io_uring is probed in a child).
+URING_UNAVAILABLE = probe_queue("uring")
+#: marks for anything that needs a working io_uring (use as ``marks=`` or ``pytestmark``)
+requires_uring = [
+    pytest.mark.requires_uring,
+    pytest.mark.skipif(URING_UNAVAILABLE is not None,
+                       reason=f"io_uring unavailable: {URING_UNAVAILABLE}"),
+]
+
+
+def type_params(types):
+    """Transfer types as pytest params, the ``uring`` one gated on io_uring."""
+    return [pytest.param(t, marks=requires_uring if t == "uring" else ()) for t in types]
 
 
 @pytest.fixture

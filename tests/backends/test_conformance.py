@@ -15,14 +15,10 @@ from axlpy.io import (
     probe_queue,
 )
 from axlpy.testing import CHECKS, MemoryTestFiles, check_io_queue
+from tests.conftest import requires_uring
 
 # Each capability probe runs once per process (probe_queue is cached).
-_URING = probe_queue("uring")
 _RDMA = probe_queue("rdma")
-requires_uring = [
-    pytest.mark.requires_uring,
-    pytest.mark.skipif(_URING is not None, reason=f"io_uring unavailable: {_URING}"),
-]
 requires_rdma = [
     pytest.mark.requires_rdma,
     pytest.mark.skipif(_RDMA is not None, reason=f"RDMA unavailable: {_RDMA}"),

@@ -20,15 +20,11 @@ from axlpy.io import (
     IORequest,
     PosixIOQueue,
     SubmitError,
-    probe_queue,
 )
 from axlpy.testing import run_all
+from tests.conftest import requires_uring
 
-_URING = probe_queue("uring")
-pytestmark = [
-    pytest.mark.requires_uring,
-    pytest.mark.skipif(_URING is not None, reason=f"io_uring unavailable: {_URING}"),
-]
+pytestmark = requires_uring
 
 BLOCK = 4096
 

@@ -18,15 +18,10 @@ import axlpy
 from axlpy.engines import ENGINE_TYPES
 from axlpy.engines.threaded import default_workers
 from axlpy.engines.uring import op_size_for
-from axlpy.io import IOOp, IORequest, probe_queue
-from tests.conftest import PosixWrapperQueue
+from axlpy.io import IOOp, IORequest
+from tests.conftest import PosixWrapperQueue, type_params
 
-_URING = probe_queue("uring")
-requires_uring = [
-    pytest.mark.requires_uring,
-    pytest.mark.skipif(_URING is not None, reason=f"io_uring unavailable: {_URING}"),
-]
-TYPES = [pytest.param(t, marks=requires_uring if t == "uring" else ()) for t in ENGINE_TYPES]
+TYPES = type_params(ENGINE_TYPES)
 BACKGROUND = [p for p in TYPES if p.values[0] != "sync"]
 
 KiB = 1024

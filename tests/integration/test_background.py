@@ -12,16 +12,10 @@ import pytest
 
 import axlpy
 from axlpy.engines import ENGINE_TYPES
-from axlpy.io import IOOp, IORequest, probe_queue
-from tests.conftest import PosixWrapperQueue
+from axlpy.io import IOOp, IORequest
+from tests.conftest import PosixWrapperQueue, type_params
 
-_URING = probe_queue("uring")
-requires_uring = [
-    pytest.mark.requires_uring,
-    pytest.mark.skipif(_URING is not None, reason=f"io_uring unavailable: {_URING}"),
-]
-BACKGROUND = [pytest.param(t, marks=requires_uring if t == "uring" else ())
-              for t in ENGINE_TYPES if t != "sync"]
+BACKGROUND = type_params([t for t in ENGINE_TYPES if t != "sync"])
 SEED = int(os.environ.get("AXLPY_TEST_SEED", "20261121"))
 KiB = 1024
 MiB = 1024 * KiB

@@ -15,14 +15,10 @@ import pytest
 
 import axlpy
 from axlpy.engines import ENGINE_TYPES
-from axlpy.io import FaultyIOQueue, IOOp, IORequest, PosixIOQueue, open_queue, probe_queue
+from axlpy.io import FaultyIOQueue, IOOp, IORequest, PosixIOQueue, open_queue
+from tests.conftest import type_params
 
-_URING = probe_queue("uring")
-requires_uring = [
-    pytest.mark.requires_uring,
-    pytest.mark.skipif(_URING is not None, reason=f"io_uring unavailable: {_URING}"),
-]
-TYPES = [pytest.param(t, marks=requires_uring if t == "uring" else ()) for t in ENGINE_TYPES]
+TYPES = type_params(ENGINE_TYPES)
 
 KiB = 1024
 MiB = 1024 * KiB
