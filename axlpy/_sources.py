@@ -39,6 +39,16 @@ def _row(kind: str, src: bytes, dst: bytes, root: bytes, rel: bytes, st: os.stat
     }
 
 
+def _follow(link: bytes) -> tuple[bytes, os.stat_result]:
+    """Resolve a source symlink under the ``follow`` policy: its target's real path (sources
+    are opened with O_NOFOLLOW, so the copy reads the target itself) and stat."""
+    try:
+        st = os.stat(link)
+    except OSError as exc:
+        raise BadSourceError(f"source {os.fsdecode(link)!r} is a dangling symlink") from exc
+    return os.path.realpath(link), st
+
+
 def _check_name(p: bytes, what: str) -> None:
     if b"\x00" in p:
         raise UsageError(f"{what} path contains a NUL byte")
@@ -83,12 +93,7 @@ def walk_source(src: bytes, dst: bytes, *, symlinks: str = "copy",
             raise BadSourceError(f"source {os.fsdecode(src)!r} is a symlink and the "
                                  "symlink policy is 'refuse'")
         if symlinks == "follow":
-            try:
-                st = os.stat(src)
-            except OSError as exc:
-                raise BadSourceError(
-                    f"source {os.fsdecode(src)!r} is a dangling symlink") from exc
-            src = os.path.realpath(src)
+            src, st = _follow(src)
     kind = _kind(st, src)
     _check_not_same(src, dst, kind)
     root, base = os.path.split(dst)
@@ -168,13 +173,7 @@ def _walk_tree(src: bytes, dst: bytes, st: os.stat_result, symlinks: str,
                     yield _row("symlink", path, os.path.join(dst, erel), dst, erel, est,
                                os.readlink(path))
                     continue
-                try:
-                    est = os.stat(path)
-                except OSError as exc:
-                    raise BadSourceError(
-                        f"source {os.fsdecode(path)!r} is a dangling symlink") from exc
-                # Read through the link's target: sources are opened with O_NOFOLLOW.
-                path = os.path.realpath(path)
+                path, est = _follow(path)
             k = _kind(est, path)
             if k == "dir":
                 key = (est.st_dev, est.st_ino)
