@@ -29,6 +29,15 @@ from ._errors import (
     TransferError,
     UsageError,
 )
+from ._lifecycle import (
+    PruneReport,
+    RestorePoint,
+    RetentionPolicy,
+    commit_checkpoint,
+    prune,
+    restore_point,
+    update_pointer,
+)
 from ._sources import Limits
 from ._state import FileState, TransferState
 from ._transfer import FileStatus, Journal, Transfer, TransferStatus, TransferType, wait_all
@@ -53,7 +62,10 @@ __all__ = [
     "Limits",
     "OwnershipError",
     "Progress",
+    "PruneReport",
     "PublishError",
+    "RestorePoint",
+    "RetentionPolicy",
     "RetriesExhaustedError",
     "SecurityError",
     "SourceChangedError",
@@ -65,7 +77,11 @@ __all__ = [
     "TransferType",
     "UsageError",
     "__version__",
+    "commit_checkpoint",
     "config",
     "default_journal_path",
+    "prune",
+    "restore_point",
+    "update_pointer",
     "wait_all",
 ]

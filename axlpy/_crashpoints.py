@@ -47,6 +47,15 @@ CRASH_POINTS: dict[str, str] = {
     "resume.after_takeover": "resume took ownership (commit durable)",
     "resume.after_reset_file": "resume reset an untrustworthy file to PENDING (durable)",
     "resume.after_remove_temp": "resume removed a temp file it could not trust",
+    # checkpoint lifecycle (axlpy/_lifecycle.py): the latest pointer and prune
+    "latest.after_temp": "pointer temp written and fsynced, not yet renamed",
+    "latest.after_rename": "pointer temp renamed over _AXLPY_LATEST.json, dir not fsynced",
+    "latest.after_dir_fsync": "pointer rename durable (checkpoints directory fsynced)",
+    "prune.after_trash_rename": "one checkpoint renamed to its hidden trash name, not fsynced",
+    "prune.after_trash_fsync": "every trash rename of this prune durable (directory fsynced)",
+    "prune.after_unlink": "one file inside a trash directory unlinked",
+    "prune.after_rmdir": "an emptied trash directory removed, directory not fsynced",
+    "prune.after_dir_fsync": "checkpoints directory fsynced after trash removals",
 }
 
 _ENV_AT = "AXLPY_CRASH_AT"

@@ -42,8 +42,10 @@ __all__ = [
     "Manifest",
     "ManifestEntry",
     "check_checkpoint",
+    "is_hidden",
     "latest_valid_checkpoint",
     "list_checkpoints",
+    "order_key",
     "read_manifest",
     "write_manifest",
 ]
@@ -97,6 +99,8 @@ class Manifest:
     entries: tuple[ManifestEntry, ...]
     committed_ns: int = field(default_factory=time.time_ns)
     meta: Mapping[str, Any] = field(default_factory=dict)
+    #: the application's step (``CommTransfer.create(..., step=N)``); None if not given
+    step: int | None = None
 
     @property
     def total_bytes(self) -> int:
@@ -105,7 +109,7 @@ class Manifest:
     def body(self) -> dict[str, Any]:
         return {"format": FORMAT, "name": self.name, "nranks": self.nranks,
                 "committed_ns": self.committed_ns, "meta": dict(self.meta),
-                "total_bytes": self.total_bytes,
+                "step": self.step, "total_bytes": self.total_bytes,
                 "files": [e.to_json() for e in self.entries]}
 
     def same_files(self, other: Manifest) -> bool:
@@ -125,9 +129,12 @@ def _check_rel(path: str) -> None:
 
 
 def build_manifest(name: str, nranks: int, entries: Iterable[ManifestEntry],
-                   meta: Mapping[str, Any] | None = None) -> Manifest:
+                   meta: Mapping[str, Any] | None = None, *,
+                   step: int | None = None) -> Manifest:
     """Sort ``entries`` and check them: every path once (a directory may be named by
     several ranks), none escaping the checkpoint, none named like the marker.
+    ``step`` (the application's step) orders checkpoints; without it an integer
+    ``meta["step"]`` is used.
 
     Raises:
         ValueError: naming the path that two ranks both wrote, or the bad path.
@@ -143,7 +150,32 @@ def build_manifest(name: str, nranks: int, entries: Iterable[ManifestEntry],
         by_path[e.path] = e
     ordered = tuple(sorted(by_path.values(), key=lambda e: e.path.encode(
         "utf-8", "surrogateescape")))
-    return Manifest(name, nranks, ordered, meta=dict(meta or {}))
+    return Manifest(name, nranks, ordered, meta=dict(meta or {}),
+                    step=_step_of(step, meta or {}))
+
+
+def _step_of(step: Any, meta: Mapping[str, Any]) -> int | None:
+    """The step to record: ``step``, else an integer ``meta["step"]`` (the convention of
+    markers written before the ``step`` field existed), else None."""
+    for v in (step, meta.get("step")):
+        if v is not None and not isinstance(v, bool):
+            try:
+                return int(v)
+            except (TypeError, ValueError):
+                continue
+    return None
+
+
+def order_key(m: Manifest, path: str) -> tuple[bool, int, int, str]:
+    """Sort key, newest last: checkpoints with a step by step, then commit time, then
+    path; those without a step sort before every one that has a step."""
+    return (m.step is not None, m.step if m.step is not None else 0, m.committed_ns, path)
+
+
+def is_hidden(name: str) -> bool:
+    """A name in a checkpoints directory that is never a checkpoint: prune's trash and
+    every temp start with "."."""
+    return name.startswith(".")
 
 
 def write_manifest(checkpoint_dir: str | os.PathLike[str], manifest: Manifest, *,
@@ -222,8 +254,9 @@ def read_manifest(checkpoint_dir: str | os.PathLike[str]) -> Manifest:
         if crc32c(_canonical(doc)) != want:
             raise ValueError("body CRC32C does not match (torn or damaged marker)")
         entries = tuple(ManifestEntry.from_json(e) for e in doc["files"])
+        meta = dict(doc.get("meta") or {})
         m = Manifest(str(doc["name"]), int(doc["nranks"]), entries,
-                     int(doc["committed_ns"]), dict(doc.get("meta") or {}))
+                     int(doc["committed_ns"]), meta, _step_of(doc.get("step"), meta))
         if m.total_bytes != int(doc["total_bytes"]):
             raise ValueError("total_bytes does not match the entries")
     except (ValueError, KeyError, TypeError) as exc:
@@ -291,33 +324,37 @@ def check_checkpoint(checkpoint_dir: str | os.PathLike[str], *,
 
 def list_checkpoints(directory: str | os.PathLike[str], *,
                      verify: bool = False) -> list[CheckResult]:
-    """Every subdirectory of ``directory``, newest first: those with a marker by its commit
-    time (then name), then those without one (invalid: never committed)."""
+    """Every subdirectory of ``directory`` not hidden (prune's trash and temps start with
+    "."), newest first: those with a marker by :func:`order_key` (step, then commit
+    time, then name), then those without one (invalid: never committed)."""
     d = os.fspath(directory)
     results = [check_checkpoint(os.path.join(d, n), verify=verify)
-               for n in sorted(os.listdir(d)) if os.path.isdir(os.path.join(d, n))]
+               for n in sorted(os.listdir(d))
+               if not is_hidden(n) and os.path.isdir(os.path.join(d, n))]
     return sorted(results, key=lambda r: (r.manifest is not None,
-                                          r.manifest.committed_ns if r.manifest else 0,
-                                          r.path), reverse=True)
+                                          order_key(r.manifest, r.path) if r.manifest
+                                          else (False, 0, 0, r.path)), reverse=True)
 
 
 def latest_valid_checkpoint(directory: str | os.PathLike[str], *,
                             verify: bool = False) -> CheckResult | None:
     """The newest valid checkpoint among the subdirectories of ``directory``, or None.
 
-    "Newest" is the commit time recorded in the marker (ties: the larger name). A
-    directory without a marker is never picked, however complete its files look. With
-    ``verify`` every file's CRC32C is checked, and a checkpoint that fails is skipped in
-    favour of the next older one; only as many checkpoints as needed are read.
+    "Newest" is the step recorded in the marker, ties by commit time (then the larger
+    name); see :func:`order_key`. A directory without a marker is never picked, however
+    complete its files look, nor a hidden one (prune's trash). With ``verify`` every
+    file's CRC32C is checked, and a checkpoint that fails is skipped in favour of the
+    next older one; only as many checkpoints as needed are read.
+    :func:`axlpy.restore_point` is the same search with per-rank file lists.
     """
     d = os.fspath(directory)
-    candidates: list[tuple[int, str]] = []
+    candidates: list[tuple[tuple[bool, int, int, str], str]] = []
     for n in os.listdir(d):
         p = os.path.join(d, n)
-        if not os.path.isdir(p):
+        if is_hidden(n) or not os.path.isdir(p):
             continue
         try:
-            candidates.append((read_manifest(p).committed_ns, p))
+            candidates.append((order_key(read_manifest(p), p), p))
         except InvalidCheckpointError:
             continue
     for _, p in sorted(candidates, reverse=True):

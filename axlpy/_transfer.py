@@ -125,8 +125,12 @@ class Journal:
     def create(self, name: str, type: TransferType | str = TransferType.DEFAULT, *,
                on_progress: Callable[[Progress], None] | None = None,
                queue_factory: QueueFactory | None = None,
+               step: int | None = None,
                **options: Any) -> Transfer:
         """Create an empty transfer named ``name`` (unique in this journal).
+
+        ``step`` (the application's step) is recorded with the options and becomes the
+        checkpoint's step when :func:`axlpy.commit_checkpoint` commits it.
 
         ``options`` override :func:`axlpy.config` defaults: ``move``, ``metadata``,
         ``mkdirs``, ``symlinks`` (copy/follow/refuse), ``follow_dst_symlinks``,
@@ -141,8 +145,12 @@ class Journal:
             raise UsageError("a transfer name must be a non-empty string without NUL")
         ttype = _type_name(type)
         get_engine(ttype)  # an unknown type fails now, not at dispatch
+        if step is not None and (isinstance(step, bool) or not isinstance(step, int)):
+            raise UsageError(f"step must be an integer, not {step!r}")
         opts = effective_options(options)
         opts["roots"] = []
+        if step is not None:
+            opts["step"] = step
         tid = self.db.create_transfer(name, ttype, secrets.token_hex(4), opts)
         return Transfer(self, self.db.transfer_by_id(tid), on_progress, queue_factory)
 

@@ -34,6 +34,7 @@ from typing import Any, TypeVar
 
 from ._errors import AxlError, InvalidTransitionError, UsageError
 from ._journal import FileRow
+from ._lifecycle import RetentionPolicy
 from ._manifest import (
     MARKER,
     CheckResult,
@@ -58,6 +59,7 @@ __all__ = [
     "InvalidCheckpointError",
     "Manifest",
     "RankCountError",
+    "RetentionPolicy",
     "StragglerTimeoutError",
     "check_checkpoint",
     "finish",
@@ -208,12 +210,19 @@ class CommTransfer:
                checkpoint_dir: str | os.PathLike[str], on_failure: str = "keep",
                meta: Mapping[str, Any] | None = None,
                on_progress: Callable[[Any], None] | None = None,
+               step: int | None = None, retention: RetentionPolicy | None = None,
                **options: Any) -> CommTransfer:
         """Collective: create transfer ``name`` in every rank's own journal.
 
         Every file a rank adds must land inside ``checkpoint_dir`` (the same path on every
-        rank, on the shared filesystem). ``meta`` (JSON) is copied into the commit marker,
-        e.g. ``{"step": 100}``. ``options`` are those of :meth:`axlpy.Journal.create`.
+        rank, on the shared filesystem). ``meta`` (JSON) is copied into the commit marker.
+        ``step`` (the application's step) is written into the marker and orders
+        checkpoints (``latest``, :func:`axlpy.restore_point`, prune). After the commit,
+        rank 0 moves the ``_AXLPY_LATEST.json`` pointer in the checkpoint's parent
+        directory and, with ``retention``, prunes it (:func:`axlpy.prune`; the rank
+        journals in ``journal_dir`` are consulted for live transfers). Step and retention
+        are recorded in every rank's journal, so a resumed flush commits the same way.
+        ``options`` are those of :meth:`axlpy.Journal.create`.
 
         On disk: one CREATED row per rank journal, holding the rank, the rank count, the
         checkpoint directory and the failure policy. If any rank fails, the ranks that
@@ -228,6 +237,8 @@ class CommTransfer:
         views = comm.allgather((name, ckpt))
 
         def local() -> tuple[Journal, Transfer]:
+            if step is not None and (isinstance(step, bool) or not isinstance(step, int)):
+                raise UsageError(f"step must be an integer, not {step!r}")
             if on_failure not in ON_FAILURE:
                 raise UsageError(f"on_failure must be one of {ON_FAILURE}, not {on_failure!r}")
             if len(set(views)) != 1:
@@ -237,7 +248,9 @@ class CommTransfer:
                 t = j.create(name, type, on_progress=on_progress, **options)
                 row = t._refresh()
                 row.options["mpi"] = {"rank": rank, "size": size, "checkpoint_dir": ckpt,
-                                      "on_failure": on_failure, "meta": dict(meta or {})}
+                                      "on_failure": on_failure, "meta": dict(meta or {}),
+                                      "step": step, "retention": None if retention is None
+                                      else retention.to_json()}
                 t._save_options(row)
             except BaseException:
                 j.close()
@@ -498,11 +511,16 @@ class CommTransfer:
                 outcome = ("failed", bad)
             else:
                 try:
+                    info = self.transfer._refresh().options.get("mpi") or {}
                     m = build_manifest(self.name, self.size,
-                                       (e for g in gathered for e in g), self.meta)
+                                       (e for g in gathered for e in g), self.meta,
+                                       step=info.get("step"))
                     outcome = ("ok", write_manifest(self.checkpoint_dir, m))
                 except Exception as exc:
                     outcome = ("failed", {0: f"writing the commit marker: {_describe(exc)}"})
+                else:
+                    _after_commit(self.checkpoint_dir, info,
+                                  os.path.dirname(self.journal.path))
         else:
             outcome = ("", None)
         outcome = comm.bcast(outcome, root=0)
@@ -642,6 +660,15 @@ class CommTransfer:
 
 # -- helpers shared with finish() -------------------------------------------------------------
 
+def _after_commit(checkpoint_dir: str, info: Mapping[str, Any], journal_dir: str) -> None:
+    """Rank 0, marker durable: pointer, then the recorded retention (never raises)."""
+    from ._lifecycle import after_commit
+
+    r = info.get("retention")
+    after_commit(checkpoint_dir, RetentionPolicy.from_json(r) if isinstance(r, dict)
+                 else None, journals=[journal_dir])
+
+
 def rank_entries(journal: Journal, transfer: Transfer, rank: int,
                  checkpoint_dir: str) -> list[ManifestEntry]:
     """The manifest entries of one rank's COMPLETED transfer, from its journal alone."""
@@ -715,6 +742,7 @@ def finish(journal_dir: str | os.PathLike[str], name: str, *,
         size = None
         ckpt = ""
         meta: Mapping[str, Any] = {}
+        info: Mapping[str, Any] = {}
         for rank, p in sorted(paths.items()):
             j = Journal(p, create=False)
             journals.append(j)
@@ -745,9 +773,11 @@ def finish(journal_dir: str | os.PathLike[str], name: str, *,
                 t.resume()
                 t.wait()
             entries += rank_entries(journals[rank], t, rank, ckpt)
-        m = write_manifest(ckpt, build_manifest(name, size, entries, meta))
+        m = write_manifest(ckpt, build_manifest(name, size, entries, meta,
+                                                step=info.get("step")))
         for t in transfers.values():
             t.journal.db.record_event(t._row.id, _EV_COMMIT, os.path.join(ckpt, MARKER))
+        _after_commit(ckpt, info, jdir)
         return m
     finally:
         for j in journals:

@@ -16,6 +16,12 @@ failure); run the same command again without it: pending flushes are resumed fro
 rank journals (``<workdir>/journals/rank-<r>.db``) and committed, the simulation restarts
 from the latest valid checkpoint, and ends with the same final digest as a run that was
 never interrupted.
+
+Add ``--keep-last N`` to keep only the newest N committed checkpoints: after each commit
+rank 0 moves the ``shared/_AXLPY_LATEST.json`` pointer and prunes the older checkpoints
+(renamed to a hidden trash name first, so a crash never leaves half a checkpoint under
+its name). The restart goes through :func:`axlpy.restore_point`, which picks the newest
+checkpoint by step and skips any that fails its check.
 """
 
 from __future__ import annotations
@@ -59,7 +65,16 @@ def main() -> int:
     p.add_argument("--type", default="default",
                    help="axlpy transfer type (default: fastest background engine here)")
     p.add_argument("--kill-at-step", type=int, default=None)
+    p.add_argument("--keep-last", type=int, default=0,
+                   help="keep only the newest N committed checkpoints (0: keep all)")
+    p.add_argument("--keep-every", type=int, default=None,
+                   help="with --keep-last, also keep every checkpoint whose step is a "
+                   "multiple of K")
+    p.add_argument("--verify", default="marker", choices=["none", "marker", "crc"],
+                   help="check applied to the checkpoint restarted from")
     a = p.parse_args()
+    retention = (axlpy.RetentionPolicy(a.keep_last, a.keep_every) if a.keep_last
+                 else None)
 
     comm = MPI.COMM_WORLD
     rank, size = comm.Get_rank(), comm.Get_size()
@@ -87,14 +102,16 @@ def main() -> int:
         except axlpy.AxlError as exc:
             say(f"could not finish pending flush {name}: {exc}")
 
-    # 2. Restart from the latest *valid* checkpoint (never one without a commit marker).
-    latest = amp.latest_valid_checkpoint(shared)
-    if latest is not None and latest.manifest is not None:
-        start = int(latest.manifest.meta["step"])
-        mine = Path(latest.path, f"rank-{rank}")
-        state = (mine / "state.bin").read_bytes()
-        assert json.loads((mine / "meta.json").read_text())["digest"] == digest(state)
-        say(f"restarting from {latest.path} (step {start})")
+    # 2. Restart from the newest *valid* checkpoint by step (never one without a commit
+    #    marker; one failing the check is skipped for the next older one).
+    rp = axlpy.restore_point(shared, verify=a.verify)
+    if rp is not None:
+        assert rp.step is not None
+        start = rp.step
+        files = {os.path.basename(f): f for f in rp.rank_files(rank)}
+        state = Path(files["state.bin"]).read_bytes()
+        assert json.loads(Path(files["meta.json"]).read_text())["digest"] == digest(state)
+        say(f"restarting from {rp.path} (step {start})")
     else:
         start = 0
         state = hashlib.shake_256(f"rank {rank}".encode()).digest(a.size_mib << 20)
@@ -132,7 +149,8 @@ def main() -> int:
             {"step": step, "rank": rank, "digest": digest(state)}))
         inflight = amp.CommTransfer.create(
             comm, name, a.type, journal_dir=jdir,
-            checkpoint_dir=os.path.join(shared, name), meta={"step": step})
+            checkpoint_dir=os.path.join(shared, name), meta={"step": step}, step=step,
+            retention=retention)
         inflight.add(d, os.path.join(shared, name, f"rank-{rank}"))
         inflight.dispatch()  # returns at once: the flush runs while we keep computing
         inflight_dir = d
