@@ -66,6 +66,9 @@ __all__ = [
     "after_commit",
     "commit_checkpoint",
     "finish_trash",
+    "finish_trash_under",
+    "live_checkpoints",
+    "pointer_status",
     "prune",
     "read_pointer",
     "restore_point",
@@ -349,6 +352,29 @@ def update_pointer(directory: str | os.PathLike[str], *, verify: str = "marker"
         return _repair_locked(d, dfd, verify)
 
 
+def pointer_status(directory: str | os.PathLike[str], found: RestorePoint | None
+                   ) -> dict[str, Any]:
+    """The pointer of ``directory`` judged against ``found`` (what :func:`restore_point`
+    returned), for ``axlpy latest``: ``state`` is ``current`` (names ``found``),
+    ``stale`` (names another checkpoint), ``missing``, ``invalid`` (unreadable), or
+    ``none`` (no pointer and nothing to point at). Reads only."""
+    path = os.path.join(os.path.abspath(os.fspath(directory)), POINTER)
+    doc: dict[str, Any] = {"path": path, "checkpoint": None, "step": None}
+    try:
+        cur = read_pointer(directory)
+    except InvalidCheckpointError as exc:
+        return dict(doc, state="invalid", detail=str(exc))
+    if cur is None:
+        return dict(doc, state="none" if found is None else "missing",
+                    detail="no pointer" if found is None else
+                    f"no pointer, newest is {found.name}")
+    doc.update(checkpoint=cur.checkpoint, step=cur.step)
+    if found is not None and cur.names(found.manifest, found.name):
+        return dict(doc, state="current", detail=f"names {found.name}")
+    return dict(doc, state="stale", detail=f"names {cur.checkpoint}, newest is "
+                + (found.name if found is not None else "none"))
+
+
 # -- trash ----------------------------------------------------------------------------------
 
 
@@ -406,6 +432,18 @@ def finish_trash(directory: str | os.PathLike[str], *, dry_run: bool = False
     finally:
         os.close(dfd)
     return out
+
+
+def finish_trash_under(top: str | os.PathLike[str], *, dry_run: bool = False
+                       ) -> list[tuple[str, int]]:
+    """:func:`finish_trash` for every directory below ``top`` (symlinks not followed)
+    that holds prune trash; for ``axlpy gc``."""
+    parents: list[str] = []
+    for dp, dns, _fns in os.walk(os.fspath(top), followlinks=False):
+        if any(n.startswith(TRASH_PREFIX) for n in dns):
+            parents.append(dp)
+        dns[:] = [n for n in dns if not n.startswith(TRASH_PREFIX)]
+    return [t for p in parents for t in finish_trash(p, dry_run=dry_run)]
 
 
 def _tree_bytes(path: str) -> int:
