@@ -72,8 +72,12 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
     """Run the operation; returns the result dict (raises what axlpy raised)."""
     import axlpy
 
-    j = axlpy.Journal(spec["journal"])
     op = spec["op"]
+    if op.startswith("lc-"):  # checkpoint lifecycle: see fault_injection.lifecycle
+        from .lifecycle import run_op
+
+        return run_op(spec)
+    j = axlpy.Journal(spec["journal"])
     if op == "start":
         t = j.create(spec["name"], spec["type"], **spec.get("options", {}))
         for src, dst in spec["pairs"]:

@@ -25,11 +25,14 @@ def _section(title: str, results: list[CaseResult], t0: float,
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m fault_injection", description=__doc__)
     ap.add_argument("what", choices=["ci", "full", "kill", "rec-kill", "syscall", "order",
-                                     "power", "model", "bad-input", "coverage"])
+                                     "power", "model", "bad-input", "coverage",
+                                     "lifecycle"])
     ap.add_argument("-j", "--jobs", type=int, default=2)
     ap.add_argument("--scenario", action="append", choices=sorted(SCENARIOS))
     ap.add_argument("--type", action="append", dest="types")
     ap.add_argument("--planted", help="arm AXLPY_PLANTED_BUG in every child")
+    ap.add_argument("--point", action="append", dest="points",
+                    help="kill / lifecycle sweeps: only this crash point (repeatable)")
     ap.add_argument("-q", "--quiet", action="store_true")
     a = ap.parse_args(argv)
     types = a.types or available_types()
@@ -54,7 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             fns = kill_cases(["tree", "move"], types[:1], planted=a.planted, first_only=True)
             fns += kill_cases(["tree"], types[1:], planted=a.planted, first_only=True)
         else:
-            fns = kill_cases(scens, types, full=full, planted=a.planted)
+            fns = kill_cases(scens, types, full=full, planted=a.planted, points=a.points)
         first = run(fns, "sweep a: SIGKILL at every crash point, then resume / cancel")
         if a.what in ("ci", "full", "coverage"):
             run(tamper_cases(types[:1] if a.what == "ci" else types),
@@ -64,6 +67,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             if full:  # every engine shares recovery: the full product on the first type
                 rfns = [f for f in rfns if getattr(f, "ttype", None) == types[0]]
             run(rfns, "sweep b: SIGKILL again inside recovery, then recover again")
+    if a.what in ("ci", "full", "kill", "coverage", "lifecycle") and not a.planted and (
+            a.what == "lifecycle" or not a.scenario):
+        from .lifecycle import lifecycle_cases
+
+        run(lifecycle_cases(full=full, points=a.points),
+            "sweep l: SIGKILL in the pointer update and prune, then prune / repair")
     if a.what in ("ci", "full", "order"):
         from .ordering import ordering_cases
 
@@ -87,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .badinput import bad_input_cases
 
         run(bad_input_cases(types), "sweep g: bad inputs during a transfer")
-    if a.what in ("ci", "full", "coverage", "kill"):
+    if a.what in ("ci", "full", "coverage", "kill") and not a.points:
         cov = [coverage(everything)]
         run_cov = cov
         _section("crash-point coverage", run_cov, time.monotonic(), report)

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from axlpy._crashpoints import CRASH_POINTS
+from fault_injection.lifecycle import LIFECYCLE_OPS, LifecycleCase, is_lifecycle_point
 from fault_injection.scenarios import SCENARIOS, available_types
 from fault_injection.sweeps import KillCase, code_crash_points
 
@@ -37,13 +38,18 @@ def _cases() -> list[Any]:
     out: list[Any] = []
     for point in sorted(CRASH_POINTS):
         types = TYPES if point.startswith("stage.") else TYPES[:1]
+        # the lifecycle's points (pointer, prune) run after a commit, recovered by
+        # prune or by gc + latest --repair (fault_injection.lifecycle)
+        ops = LIFECYCLE_OPS if is_lifecycle_point(point) else ("resume", "cancel")
         for ttype in types:
-            for op in ("resume", "cancel"):
+            for op in ops:
                 out.append(pytest.param(point, ttype, op, id=f"{point}-{ttype}-{op}"))
     return out
 
 
-def _case(point: str, ttype: str, op: str) -> KillCase:
+def _case(point: str, ttype: str, op: str) -> KillCase | LifecycleCase:
+    if is_lifecycle_point(point):
+        return LifecycleCase(point, 1, op)
     scen = SCENARIOS["move" if point.startswith(("move.", "renamed.")) else "tree"]
     if point in RECOVERY_ONLY:
         first, tamper, verb = RECOVERY_ONLY[point]
