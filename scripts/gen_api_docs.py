@@ -30,6 +30,9 @@ GROUPS: list[tuple[str, list[str]]] = [
     ("Status and progress", ["TransferStatus", "FileStatus", "Progress"]),
     ("States", ["TransferState", "FileState"]),
     ("Configuration and limits", ["config", "default_journal_path", "Limits"]),
+    ("Checkpoint lifecycle (docs/lifecycle.md)", [
+        "restore_point", "RestorePoint", "commit_checkpoint", "update_pointer", "prune",
+        "RetentionPolicy", "PruneReport"]),
 ]
 
 _ROLE = re.compile(r":(?:class|func|meth|attr|data|exc|mod|obj):`~?([^`]+)`")
