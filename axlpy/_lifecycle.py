@@ -735,17 +735,20 @@ def after_commit(checkpoint_dir: str | os.PathLike[str],
     / ``axlpy prune`` redoes it."""
     parent = os.path.dirname(os.path.abspath(os.fspath(checkpoint_dir)))
     problems: list[str] = []
+    # Any error: this runs inside the MPI commit on rank 0 between the marker and the
+    # broadcast of the outcome; raising here would leave the other ranks waiting.
     try:
         update_pointer(parent)
-    except (OSError, UsageError) as exc:
-        problems.append(f"updating the latest pointer in {parent}: {exc}")
+    except Exception as exc:
+        problems.append(f"updating the latest pointer in {parent}: "
+                        f"{type(exc).__name__}: {exc}")
     if retention is not None and not problems:
         try:
             rep = prune(parent, retention, journals=journals)
             problems += [f"prune {i.name}: {i.reason}" for i in rep.items
                          if i.action == "error"]
-        except (OSError, UsageError) as exc:
-            problems.append(f"pruning {parent}: {exc}")
+        except Exception as exc:
+            problems.append(f"pruning {parent}: {type(exc).__name__}: {exc}")
     for p in problems:
         log.warning("after commit of %s: %s", checkpoint_dir, p)
     return problems

@@ -330,3 +330,18 @@ def test_single_process_commit_prunes_with_retention(journal: axlpy.Journal,
     assert names(ckdir) == [POINTER, "step-000004", "step-000005"]
     m = _manifest.read_manifest(ckdir / "step-000005")
     assert m.step == 5 and m.nranks == 1
+
+
+def test_a_lifecycle_failure_never_fails_the_commit(journal: axlpy.Journal, ckdir: Path,
+                                                   caplog: pytest.LogCaptureFixture) -> None:
+    """The marker is durable before the pointer and prune run: a broken journal given to
+    prune (or any error there) is logged, and the commit still returns its manifest."""
+    commit(journal, ckdir, 1)
+    bad = ckdir.parent / "baddir"
+    bad.mkdir(mode=0o700)
+    (bad / "rank-0.db").write_bytes(b"not a sqlite file" * 10)
+    commit(journal, ckdir, 2, retention=RetentionPolicy(1), journals=[bad])
+    assert (ckdir / "step-000002" / _manifest.MARKER).exists()
+    assert (ckdir / "step-000001").exists()  # prune did not run
+    assert any("pruning" in r.message for r in caplog.records)
+    assert _lifecycle.read_pointer(ckdir).checkpoint == "step-000002"  # type: ignore[union-attr]
