@@ -27,12 +27,14 @@ and rolls back the unsubmitted part of a batch when submission fails.
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Protocol, runtime_checkable
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
 
 from ._errors import AdmissionTimeoutError, UsageError
 from .io._base import Completion, IOQueue, IORequest, SubmitError
@@ -40,7 +42,9 @@ from .io._base import Completion, IOQueue, IORequest, SubmitError
 __all__ = [
     "DEFAULT_TIMEOUT_US",
     "ENV_TIMEOUT",
+    "EVENT",
     "Admission",
+    "AdmissionStats",
     "AdmittedIOQueue",
     "BoundedAdmission",
     "UnlimitedAdmission",
@@ -54,6 +58,76 @@ __all__ = [
 ENV_TIMEOUT = "AXLPY_QUEUE_BACKOFF_TIMEOUT_US"
 #: the timeout when neither the setting nor the environment gives one (30 s)
 DEFAULT_TIMEOUT_US = 30_000_000
+
+
+#: the journal event that records one run's :class:`AdmissionStats` (detail: JSON)
+EVENT = "admission"
+
+
+@dataclass
+class AdmissionStats:
+    """What admission control did for one transfer run, over every queue it opened.
+
+    Thread-safe (engine threads share one). Counts requests unless said otherwise:
+
+    - ``admitted``: requests handed to a queue after reserving their slots;
+    - ``waited``: reservations that found the queue full and backed off (reaping the
+      queue's own completions, or the admission's yield-then-sleep wait);
+    - ``split``: ``submit()`` calls whose batch went to the queue in more than one chunk
+      (the batch was larger than the room left);
+    - ``timed_out``: reservations that gave up (``AdmissionTimeoutError``);
+    - ``rolled_back``: requests whose slots were given back because the queue's
+      ``submit()`` failed before taking them (they are redone by the engine);
+    - ``degraded``: times a queue's admission was marked degraded after such a failure.
+
+    Recorded in the journal as an ``admission`` event at the end of each run's staging
+    (see docs/design.md); :meth:`total` sums a transfer's events.
+    """
+
+    admitted: int = 0
+    waited: int = 0
+    split: int = 0
+    timed_out: int = 0
+    rolled_back: int = 0
+    degraded: int = 0
+    #: set once these counters are in the journal (so a reader does not add them twice)
+    recorded: bool = field(default=False, compare=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False,
+                                  compare=False)
+
+    FIELDS = ("admitted", "waited", "split", "timed_out", "rolled_back", "degraded")
+
+    def add(self, **counts: int) -> None:
+        """Add to the named counters (unknown names raise ``TypeError``)."""
+        with self._lock:
+            for name, n in counts.items():
+                if name not in self.FIELDS:
+                    raise TypeError(f"unknown admission counter {name!r}")
+                setattr(self, name, getattr(self, name) + n)
+
+    def as_dict(self) -> dict[str, int]:
+        with self._lock:
+            return {name: getattr(self, name) for name in self.FIELDS}
+
+    def to_json(self) -> str:
+        return json.dumps(self.as_dict(), sort_keys=True)
+
+    @classmethod
+    def total(cls, events: Iterable[Mapping[str, Any]]) -> AdmissionStats:
+        """The sum of every ``admission`` event in ``events`` (journal event rows); a
+        detail that is not a JSON object of counters is skipped."""
+        out = cls()
+        for e in events:
+            if e.get("event") != EVENT or not e.get("detail"):
+                continue
+            try:
+                detail = json.loads(e["detail"])
+            except ValueError:
+                continue
+            if isinstance(detail, dict):
+                out.add(**{k: int(v) for k, v in detail.items()
+                           if k in cls.FIELDS and isinstance(v, int)})
+        return out
 
 
 def timeout_from_env(default_us: int = DEFAULT_TIMEOUT_US) -> int:
@@ -378,13 +452,17 @@ class AdmittedIOQueue(IOQueue):
         queue: the queue to feed (owned: ``close()`` closes it).
         admission: shared between queues to bound them together; by default a
             ``BoundedAdmission(queue.depth)``.
+        stats: counters to add to (shared by every queue of a transfer run); by default
+            a fresh :class:`AdmissionStats` of this queue's own.
     """
 
     name = "admitted"
 
-    def __init__(self, queue: IOQueue, admission: Admission | None = None) -> None:
+    def __init__(self, queue: IOQueue, admission: Admission | None = None,
+                 stats: AdmissionStats | None = None) -> None:
         self.queue = queue
         self.admission: Admission = admission or BoundedAdmission(queue.depth)
+        self.stats = stats if stats is not None else AdmissionStats()
         self._pending: list[IORequest] = []
         self._records: dict[IORequest, int] = {}
         self._early: list[Completion] = []
@@ -416,6 +494,8 @@ class AdmittedIOQueue(IOQueue):
         todo, self._pending = self._pending, []
         step = self.depth
         taken = 0
+        if len(todo) > step:
+            self.stats.add(split=1)
         for start in range(0, len(todo), step):
             chunk = todo[start : start + step]
             rest = todo[start + step :]
@@ -426,8 +506,11 @@ class AdmittedIOQueue(IOQueue):
                     self.queue.prep(req)
                     self._records[req] = record
                     prepared.append(req)
-                taken += self.queue.submit()
+                n = self.queue.submit()
+                taken += n
+                self.stats.add(admitted=n)
             except SubmitError as exc:
+                self.stats.add(admitted=exc.taken)
                 self._rollback(record, exc.dropped)
                 raise SubmitError(
                     exc.errno or 5,
@@ -471,6 +554,17 @@ class AdmittedIOQueue(IOQueue):
 
     def _reserve(self, n: int) -> int:
         """Reserve ``n`` slots, reaping our own completions while the queue is full."""
+        record = self.admission.try_reserve(n)
+        if record is not None:
+            return record
+        self.stats.add(waited=1)
+        try:
+            return self._wait(n)
+        except AdmissionTimeoutError:
+            self.stats.add(timed_out=1)
+            raise
+
+    def _wait(self, n: int) -> int:
         timeout_us = getattr(self.admission, "timeout_us", DEFAULT_TIMEOUT_US)
         deadline = time.monotonic() + timeout_us / 1e6
         while True:
@@ -497,12 +591,18 @@ class AdmittedIOQueue(IOQueue):
         return completions
 
     def _rollback(self, record: int, unsent: list[IORequest]) -> None:
+        rolled = 0
         for req in unsent:
             if self._records.pop(req, None) is not None:
                 self.admission.release(record, 1)
+                rolled += 1
         # Requests never prepared on the queue still hold their share of the chunk.
-        self.admission.release(record, self.admission.holding(record) - self._live(record))
+        rolled += self.admission.release(
+            record, self.admission.holding(record) - self._live(record))
+        was = self.admission.degraded
         self.admission.mark_degraded()
+        self.stats.add(rolled_back=rolled,
+                       degraded=int(not was and self.admission.degraded))
 
     def _live(self, record: int) -> int:
         return sum(1 for r in self._records.values() if r == record)

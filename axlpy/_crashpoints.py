@@ -32,6 +32,7 @@ CRASH_POINTS: dict[str, str] = {
     "stage.after_extent_commit": "a group of verified extents is durable in the journal",
     "stage.after_fsync": "temp file fully written and fsynced",
     "stage.after_commit": "a batch of files STAGED (size, CRC32C) is durable",
+    "stage.after_admission_commit": "the run's admission counters (an event) are durable",
     "publish.after_rename": "one temp renamed over its final name, directory not fsynced",
     "publish.after_dir_fsync": "directories of a renamed batch fsynced",
     "publish.after_commit": "a batch of files PUBLISHED is durable",

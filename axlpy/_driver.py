@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ._admission import EVENT as ADMISSION_EVENT, AdmissionStats
 from ._checksum import crc32c, file_crc32c
 from ._crashpoints import crash_point
 from ._errors import (
@@ -112,7 +113,8 @@ class Driver:
     def __init__(self, jdb: JournalDB, trow: TransferRow, engine: Engine,
                  open_queue: Callable[[], IOQueue], progress: Progress,
                  cancel: threading.Event | None = None,
-                 retry: Callable[[Callable[[], int], str], int] | None = None) -> None:
+                 retry: Callable[[Callable[[], int], str], int] | None = None, *,
+                 admission: AdmissionStats | None = None) -> None:
         self.jdb = jdb
         self.t = trow
         self.engine = engine
@@ -121,6 +123,8 @@ class Driver:
         self.progress = progress
         self.cancel_event = cancel or threading.Event()
         self.retry = retry
+        #: counters of the queues ``open_queue`` returns, journaled when staging ends
+        self.admission = admission
         self._owners: tuple[int, ...] | None = None
         # Destination roots that passed _check_inside_roots' root checks (they hold for
         # every row with that root, and the recorded roots do not change after dispatch).
@@ -264,6 +268,7 @@ class Driver:
         group: list[StageResult] = []
         last = time.monotonic()
         gen = self.engine.stage(tasks, ctx)
+        ok = False
         try:
             for res in gen:
                 group.append(res)
@@ -273,8 +278,26 @@ class Driver:
                     group = []
                     last = time.monotonic()
             self._publish(group)
+            ok = True
         finally:
             gen.close()
+            self._record_admission(quiet=not ok)
+
+    def _record_admission(self, quiet: bool) -> None:
+        """Journal this run's admission counters as one ``admission`` event (nothing if
+        no queue admitted anything). ``quiet``: the run is failing already, so a journal
+        error here must not replace that error."""
+        stats = self.admission
+        if stats is None or stats.recorded or not any(stats.as_dict().values()):
+            return
+        try:
+            self.jdb.record_event(self.t.id, ADMISSION_EVENT, stats.to_json())
+        except Exception:
+            if not quiet:
+                raise
+            return
+        stats.recorded = True
+        crash_point("stage.after_admission_commit")
 
     def _stage_link(self, dirs: DirCache, r: FileRow) -> StageResult:
         t = self._task(dirs, r)

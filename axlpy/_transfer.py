@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from ._admission import AdmissionStats, AdmittedIOQueue, BoundedAdmission
 from ._config import default_journal_path, effective_options
 from ._driver import Driver, Progress, assign_temps, restat_sources
 from ._errors import (
@@ -214,6 +215,8 @@ class Transfer:
         self._done.set()
         self._error: BaseException | None = None
         self._engine: Engine | None = None
+        #: admission counters of the run started last in this process
+        self._admission: AdmissionStats | None = None
 
     # -- properties -----------------------------------------------------------------------
 
@@ -321,16 +324,22 @@ class Transfer:
         qname = row.options.get("queue") or engine.queue_name
         depth = int(row.options.get("queue_depth", 64))
         factory = self._queue_factory
+        stats = self._admission = AdmissionStats()
 
         def make_queue() -> IOQueue:
+            # Every queue an engine uses submits through admission control: at most
+            # the queue's depth in flight, bigger batches split, failed submissions
+            # rolled back (docs/backends.md). Its counters are this run's ``stats``.
             if factory is not None:
-                return factory(depth)
-            if qname == "default":
-                return open_default_queue(depth)
-            return open_queue(qname, depth=depth)
+                inner = factory(depth)
+            elif qname == "default":
+                inner = open_default_queue(depth)
+            else:
+                inner = open_queue(qname, depth=depth)
+            return AdmittedIOQueue(inner, BoundedAdmission(inner.depth), stats)
 
         return Driver(self.journal.db, row, engine, make_queue, self._progress,
-                      self._cancel, self._make_retry(row))
+                      self._cancel, self._make_retry(row), admission=stats)
 
     def _make_retry(self, row: TransferRow) -> Callable[[Callable[[], int], str], int]:
         """Every engine read and write runs under the transfer's retry policy."""
@@ -572,6 +581,16 @@ class Transfer:
         self.journal.db.delete_transfer(row.id)
 
     # -- inspection -----------------------------------------------------------------------
+
+    def admission_stats(self) -> AdmissionStats:
+        """What admission control did for this transfer: the counters of every run
+        recorded in the journal (one ``admission`` event per run, written when its
+        staging ends), plus those of a run still staging in this process."""
+        total = AdmissionStats.total(self.journal.db.events(self._row.id))
+        live = self._admission
+        if live is not None and not live.recorded:
+            total.add(**live.as_dict())
+        return total
 
     def status(self) -> TransferStatus:
         """A snapshot: state and progress (live counters when running here)."""

@@ -37,6 +37,7 @@ from typing import IO, Any, NoReturn, TypeVar
 
 import click
 
+from ._admission import AdmissionStats
 from ._checksum import crc32c, file_crc32c
 from ._config import default_journal_path
 from ._driver import Progress
@@ -514,6 +515,14 @@ class _Reporter:
         self._write(f"axlpy: {self.name}: {st.state.value}: {st.files_done} files, "
                     f"{_human_bytes(st.bytes_done)}{extra} in {dt:.1f}s "
                     f"({_human_bytes(copied / dt if dt > 0 else 0)}/s)\n")
+        if _settings().verbose:
+            counts = t.admission_stats().as_dict()
+            self._write(f"axlpy: {self.name}: admission: {_admission_text(counts)}\n")
+
+
+def _admission_text(counts: dict[str, int]) -> str:
+    """``admitted 12, waited 3, ...``: admission counters in a fixed order."""
+    return ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in counts.items())
 
 
 def _isatty(stream: IO[str]) -> bool:
@@ -712,10 +721,12 @@ def _status_doc(j: Journal, row: TransferRow, states: set[str], limit: int | Non
                 events: bool) -> dict[str, Any]:
     files = [r for r in j.db.files(row.id) if not states or r.state.value in states]
     shown = files if limit is None else files[:limit]
+    info = _transfer_info(j, row)
+    info["admission"] = AdmissionStats.total(j.db.events(row.id)).as_dict()
     doc: dict[str, Any] = {
         "version": JSON_VERSION,
         "journal": j.path,
-        "transfer": _transfer_info(j, row),
+        "transfer": info,
         "files": [_file_info(r) for r in shown],
         "files_omitted": len(files) - len(shown),
     }
@@ -745,6 +756,8 @@ def _print_status(doc: dict[str, Any]) -> None:
     ]
     if i["error"]:
         lines.append(f"error     {i['error']}")
+    if any(i["admission"].values()):
+        lines.append(f"admission {_admission_text(i['admission'])}")
     for k, step in enumerate(i["next"]):
         lines.append(f"{'next' if k == 0 else '':<9} {step}")
     click.echo("\n".join(lines))

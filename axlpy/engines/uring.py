@@ -218,7 +218,10 @@ class _Run:
         self.retry_q: IOQueue | None = None
         self.q = ctx.open_queue()
         self.op = op_size_for(ctx.chunk_size)
-        self.nslots = max(2, min(self.q.depth, INFLIGHT_BYTES // self.op))
+        # Up to twice the queue's depth in buffers: while the kernel holds ``depth``
+        # requests, the next ones are prepared and wait in the queue's admission control
+        # (which splits the batch and backs off by reaping) instead of in this loop.
+        self.nslots = max(2, min(2 * self.q.depth, INFLIGHT_BYTES // self.op))
         self.slab = bytearray(self.nslots * self.op)
         mv = memoryview(self.slab)
         self.slots = [mv[i * self.op:(i + 1) * self.op] for i in range(self.nslots)]
