@@ -11,7 +11,7 @@ How a reservation lives and ends:
    sleeps in short, doubling steps (``min_sleep_us`` up to ``max_sleep_us``), waking
    early when slots are released. Past the timeout it raises
    :class:`~axlpy.AdmissionTimeoutError`; it never waits for ever. The timeout comes from
-   the ``queue_backoff_timeout_us`` setting, else the environment variable
+   the ``timeout_us`` argument, else the environment variable
    ``AXLPY_QUEUE_BACKOFF_TIMEOUT_US``, else 30 s.
 2. It returns a record id. The ledger maps each record to the slots it still holds;
    ``release(record, n)`` gives back exactly those, once: releasing more than a record
@@ -21,7 +21,9 @@ How a reservation lives and ends:
 
 :class:`AdmittedIOQueue` puts this in front of any :class:`~axlpy.io.IOQueue`: it splits
 batches larger than the depth, reserves before submitting, releases on each completion,
-and rolls back the unsubmitted part of a batch when submission fails.
+and rolls back the unsubmitted part of a batch when submission fails. Every queue a
+transfer's engine opens is one (``Transfer._driver``); :class:`AdmissionStats` counts
+what admission did, and the driver journals it as an ``admission`` event per run.
 """
 
 from __future__ import annotations

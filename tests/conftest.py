@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import platform
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -11,14 +15,98 @@ import pytest
 import axlpy
 from axlpy.io import IOQueue, IORequest, PosixIOQueue, probe_queue
 
-# Each capability probe runs once (probe_queue is cached; io_uring is probed in a child).
+# The real probe, run once (probe_queue is cached; io_uring is probed in a child process
+# that checks the liburing version, opens a ring and moves bytes through it).
 URING_UNAVAILABLE = probe_queue("uring")
-#: marks for anything that needs a working io_uring (use as ``marks=`` or ``pytestmark``)
-requires_uring = [
-    pytest.mark.requires_uring,
-    pytest.mark.skipif(URING_UNAVAILABLE is not None,
-                       reason=f"io_uring unavailable: {URING_UNAVAILABLE}"),
-]
+#: the one mark for anything that needs a working io_uring (a decorator, ``marks=`` or
+#: ``pytestmark``); :func:`pytest_collection_modifyitems` skips what carries it when the
+#: probe fails, so a test cannot have the mark without the skip or the other way round.
+requires_uring = pytest.mark.requires_uring
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if URING_UNAVAILABLE is None:
+        return
+    skip = pytest.mark.skip(reason=f"io_uring unavailable: {URING_UNAVAILABLE}")
+    for item in items:
+        if item.get_closest_marker("requires_uring") is not None:
+            item.add_marker(skip)
+
+
+# -- a small tmpfs (disk-full tests) ---------------------------------------------------------
+
+
+@pytest.fixture
+def make_tmpfs(tmp_path: Path) -> Iterator[Callable[[str], Path]]:
+    """``make_tmpfs(size)`` mounts a fresh tmpfs of ``size`` (``"1m"``, mode 0700) under
+    ``tmp_path`` and returns its path; each is unmounted after the test. Needs root:
+    skips (with the mount's own error) where it cannot mount."""
+    mounted: list[Path] = []
+
+    def make(size: str = "1m") -> Path:
+        mnt = tmp_path / f"tmpfs{len(mounted)}"
+        mnt.mkdir()
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700",
+                            "tmpfs", str(mnt)], capture_output=True, text=True, check=False)
+        if r.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
+        mounted.append(mnt)
+        return mnt
+
+    try:
+        yield make
+    finally:
+        for mnt in mounted:
+            subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def resize_tmpfs(mnt: Path, size: str) -> None:
+    """Remount a :func:`make_tmpfs` file system with another size (the disk is freed)."""
+    subprocess.run(["mount", "-o", f"remount,size={size}", str(mnt)], check=True)
+
+
+# -- gates: wait for a real condition, never for a while ---------------------------------------
+
+#: syscalls a thread waiting for IO completions sits in (poll(2)/ppoll(2) on the
+#: queue's eventfd, io_uring_enter(2)), by machine
+_WAIT_SYSCALLS = {"x86_64": {7, 271, 426}, "aarch64": {73, 426}}
+
+
+def blocked_waiting_for_io(native_id: int) -> bool:
+    """Is thread ``native_id`` of this process in the kernel waiting for IO now (in a
+    poll or io_uring_enter system call, not waiting for the GIL, which is a futex)?
+    Read from /proc/self/task/<tid>/syscall."""
+    waits = _WAIT_SYSCALLS.get(platform.machine())
+    if waits is None:
+        pytest.skip(f"no syscall table for {platform.machine()}")
+    try:
+        with open(f"/proc/self/task/{native_id}/syscall") as f:
+            first = f.read().split()[0]
+    except (OSError, IndexError):
+        return False
+    return first.isdigit() and int(first) in waits
+
+
+def wait_until(cond: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
+    """Spin (yielding the CPU) until ``cond()`` holds; fail after ``timeout`` seconds, a
+    bound for a broken build, not a synchronisation."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, f"never happened: {what}"
+        os.sched_yield()
+
+
+def pause_gate(t: axlpy.Transfer) -> threading.Event:
+    """An event set once ``t`` (running in this process) has journaled PAUSED."""
+    paused = threading.Event()
+    journal_pause = t._on_pause
+
+    def on_pause(event: object) -> None:
+        journal_pause(event)  # type: ignore[arg-type]
+        paused.set()
+
+    t._on_pause = on_pause  # type: ignore[method-assign]
+    return paused
 
 
 def type_params(types):

@@ -17,8 +17,7 @@ from axlpy.io import (
     open_queue,
     probe_queue,
 )
-
-_URING = probe_queue("uring")
+from tests.conftest import requires_uring
 
 
 def test_registry_names():
@@ -61,8 +60,7 @@ def test_thread_safety_is_declared():
     assert FallbackIOQueue.thread_safe is False
 
 
-@pytest.mark.requires_uring
-@pytest.mark.skipif(_URING is not None, reason=f"io_uring unavailable: {_URING}")
+@requires_uring
 def test_default_is_uring_with_posix_fallback(monkeypatch):
     monkeypatch.delenv("AXLPY_IO_QUEUE", raising=False)
     assert "uring" in available_queues()

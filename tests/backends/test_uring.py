@@ -6,41 +6,21 @@ from __future__ import annotations
 import errno
 import importlib.metadata
 import os
-import subprocess
 import threading
 import time
 
 import pytest
 
 from axlpy import BackendUnavailableError
-from axlpy.io import PosixIOQueue, probe_queue
+from axlpy.io import PosixIOQueue
 from axlpy.testing import run_all
-
-_URING = probe_queue("uring")
-requires_uring = pytest.mark.skipif(_URING is not None, reason=f"io_uring unavailable: {_URING}")
-pytestmark = [pytest.mark.requires_uring]
+from tests.conftest import blocked_waiting_for_io, requires_uring, wait_until
 
 
 def _uring(depth=8):
     from axlpy.io._uring import UringIOQueue
 
     return UringIOQueue(depth)
-
-
-@pytest.fixture
-def small_tmpfs(tmp_path):
-    """A 1 MiB tmpfs, so a 3 MiB write runs out of space part-way (root only)."""
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    proc = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)],
-        capture_output=True,
-        check=False,
-    )
-    if proc.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs: {proc.stderr.decode().strip()}")
-    yield mnt
-    subprocess.run(["umount", str(mnt)], check=True)
 
 
 @pytest.mark.parametrize(
@@ -50,8 +30,9 @@ def small_tmpfs(tmp_path):
         pytest.param(PosixIOQueue, id="posix"),
     ],
 )
-def test_write_that_fills_the_disk_is_an_error_not_short(small_tmpfs, make_queue):
-    fd = os.open(small_tmpfs / "big", os.O_RDWR | os.O_CREAT)
+def test_write_that_fills_the_disk_is_an_error_not_short(make_tmpfs, make_queue):
+    """A 1 MiB tmpfs, so a 3 MiB write runs out of space part-way."""
+    fd = os.open(make_tmpfs("1m") / "big", os.O_RDWR | os.O_CREAT)
     q = make_queue()
     try:
         data = os.urandom(3 << 20)
@@ -77,14 +58,17 @@ def test_wait_releases_the_gil_and_wakes_on_completion():
         r = q.prep_read(rfd, buf, 0)
         q.submit()
         got = []
-        waiter = threading.Thread(target=lambda: got.extend(q.reap(1, 10.0)))
-        t0 = time.monotonic()
+        waiter = threading.Thread(target=lambda: got.extend(q.reap(1, 60.0)))
         waiter.start()
-        time.sleep(0.2)  # the waiter must be blocked in reap now, not holding the GIL
+        # The waiter is blocked in the kernel waiting for the read, and this thread runs
+        # Python meanwhile: reap() released the GIL (were it held, this loop could not run).
+        wait_until(lambda: waiter.native_id is not None
+                   and blocked_waiting_for_io(waiter.native_id),
+                   "the waiter blocked in the kernel")
+        assert got == []
         os.write(wfd, b"hello")
-        waiter.join(10)
+        waiter.join(60)
         assert not waiter.is_alive()
-        assert time.monotonic() - t0 < 5
         assert [c.request for c in got] == [r]
         assert got[0].result == 5
         assert bytes(buf) == b"hello"
@@ -121,8 +105,16 @@ def test_close_waits_for_requests_the_kernel_holds():
     buf = bytearray(3)
     q.prep_read(rfd, buf, 0)
     q.submit()
-    threading.Timer(0.1, os.write, (wfd, b"abc")).start()
+    me = threading.get_native_id()
+
+    def writer() -> None:  # only once close() is waiting in the kernel
+        wait_until(lambda: blocked_waiting_for_io(me), "close() blocked in the kernel")
+        os.write(wfd, b"abc")
+
+    w = threading.Thread(target=writer)
+    w.start()
     q.close()  # must not return while the kernel can still write into buf
+    w.join()
     assert bytes(buf) == b"abc"
     os.close(rfd)
     os.close(wfd)

@@ -142,14 +142,12 @@ def test_background_error_from_test(area, ttype):
             pytest.skip("sync runs inside dispatch()")
         t.dispatch()
         os.truncate(area / "src", MiB)  # shrinks under the copy
-    err = None
-    while err is None:
-        try:
-            if t.test():
-                pytest.fail("a shrunk source was published")
-        except axlpy.SourceChangedError as exc:
-            err = exc
-        time.sleep(0.01)
+    assert t._thread is not None
+    t._thread.join(120)  # the background thread has ended (a gate, not a wait)
+    assert not t._thread.is_alive()
+    with pytest.raises(axlpy.SourceChangedError) as info:
+        t.test()
+    err = info.value
     assert "src" in (err.path or "")
     assert t.test() is False
     t.wait()  # the error was already raised: wait() returns quietly now
@@ -298,17 +296,23 @@ def test_status_from_another_process_shows_progress(area, ttype):
     t = j.create("t", ttype, chunk_size=256 * KiB, extent_size=MiB, queue_depth=4,
                  queue_factory=GatedQueue)
     t.add(area / "src", area / "dst")
+    # Gate: the first verified extent is committed (so the journal shows progress); the
+    # writes past GatedQueue.limit wait, so the copy cannot finish meanwhile.
+    committed = threading.Event()
+    add_extents = j.db.add_extents
+
+    def add_and_signal(extents):
+        add_extents(extents)
+        committed.set()
+
+    j.db.add_extents = add_and_signal
     t.dispatch()
-    deadline = time.monotonic() + 60
     code = ("import sys, axlpy; s = axlpy.Journal(sys.argv[1]).open('t').status();"
             "print(s.state.value, s.bytes_done, s.bytes_total)")
     try:
-        while True:
-            out = subprocess.run([sys.executable, "-c", code, str(jp)],
-                                 capture_output=True, text=True, check=True).stdout.split()
-            if int(out[1]) > 0 or time.monotonic() > deadline:
-                break
-            time.sleep(0.05)
+        assert committed.wait(120), "no extent was ever committed"
+        out = subprocess.run([sys.executable, "-c", code, str(jp)],
+                             capture_output=True, text=True, check=True).stdout.split()
     finally:
         GatedQueue.gate.set()
     t.wait(timeout=120)

@@ -18,12 +18,6 @@ from axlpy._admission import EVENT, AdmissionStats
 from axlpy.io import FaultyIOQueue, IOOp, IOQueue, IORequest, open_queue
 from tests.conftest import requires_uring, tree_bytes, write_tree
 
-
-def _needs_uring(fn):  # type: ignore[no-untyped-def]
-    for mark in requires_uring:
-        fn = mark(fn)
-    return fn
-
 KiB = 1024
 FAST = {"max_attempts": 4, "base_delay": 0.001, "max_delay": 0.01, "jitter": "none"}
 
@@ -57,7 +51,7 @@ class SubmitFailOnce:
         return q
 
 
-@_needs_uring
+@requires_uring
 def test_depth2_transfer_backs_off_splits_and_rolls_back(journal, tmp_path: Path) -> None:
     src, dst = tmp_path / "src", tmp_path / "dst"
     write_tree(src, _files())
@@ -87,7 +81,7 @@ def test_depth2_transfer_backs_off_splits_and_rolls_back(journal, tmp_path: Path
     assert AdmissionStats.total(journal.db.events(t._row.id)).as_dict() == stats
 
 
-@_needs_uring
+@requires_uring
 def test_counters_in_status_json_and_cp_verbose(tmp_path: Path) -> None:
     """The real CLI, a real io_uring queue of depth 2: ``cp -v`` ends with the admission
     line and ``status --json`` carries the same counters."""

@@ -16,7 +16,7 @@ import pytest
 import axlpy
 from axlpy.engines import ENGINE_TYPES
 from axlpy.io import FaultyIOQueue, IOOp, IORequest, PosixIOQueue, open_queue
-from tests.conftest import type_params
+from tests.conftest import pause_gate, resize_tmpfs, type_params
 
 TYPES = type_params(ENGINE_TYPES)
 
@@ -164,29 +164,12 @@ def test_unreadable_source_fails_at_once_without_retry(area, ttype):
 
 
 @pytest.fixture
-def small_fs(tmp_path):
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m,mode=0700", "tmpfs", str(mnt)],
-                       capture_output=True, text=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
+def small_fs(make_tmpfs):
+    return make_tmpfs("4m")
 
 
 def _grow(mnt, size="64m") -> None:
-    subprocess.run(["mount", "-o", f"remount,size={size}", str(mnt)], check=True)
-
-
-def _wait_state(t, state, timeout=60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while t.status().state is not state:
-        assert time.monotonic() < deadline, f"never reached {state}: {t.status()}"
-        assert t.running, f"stopped before {state}: {t.status()}"
-        time.sleep(0.02)
+    resize_tmpfs(mnt, size)
 
 
 @pytest.mark.parametrize("ttype", TYPES)
@@ -222,11 +205,11 @@ def test_disk_full_pauses_then_operator_continues(area, small_fs, ttype, how):
                  retry=FAST | {"mode": "intervention", "flag_file": str(flag),
                                "poll_interval": 0.02})
     t.add(area / "src" / "big", small_fs / "big")
+    paused = pause_gate(t)
     if ttype == "sync":
         # SYNC pauses inside dispatch(): the operator acts from another thread.
         def operator():
-            while t.state is not axlpy.TransferState.PAUSED:
-                time.sleep(0.02)
+            assert paused.wait(120), "never paused"
             _grow(small_fs)
             flag.write_text("continue\n")
         th = threading.Thread(target=operator)
@@ -235,7 +218,7 @@ def test_disk_full_pauses_then_operator_continues(area, small_fs, ttype, how):
         th.join()
     else:
         t.dispatch()
-        _wait_state(t, axlpy.TransferState.PAUSED)
+        assert paused.wait(120), f"never paused: {t.status()}"
         st = t.status()
         assert st.running and st.state is axlpy.TransferState.PAUSED
         assert t.test() is False
@@ -266,8 +249,9 @@ def test_disk_full_pause_then_operator_cancels(area, small_fs, ttype, how):
                  retry=FAST | {"mode": "intervention", "flag_file": str(flag),
                                "poll_interval": 0.02})
     t.add(area / "src" / "big", small_fs / "big")
+    paused = pause_gate(t)
     t.dispatch()
-    _wait_state(t, axlpy.TransferState.PAUSED)
+    assert paused.wait(120), f"never paused: {t.status()}"
     if how == "api":
         t.intervene("cancel")
     else:
@@ -290,20 +274,26 @@ def test_paused_transfer_killed_resumes_from_journal(area, small_fs):
                  retry=FAST | {"mode": "intervention", "flag_file": str(area / "flag")})
     t.add(area / "src" / "big", small_fs / "big")
     j.close()
+    # The child says "P" on stdout once PAUSED is journaled (a gate, not a wait).
     child = subprocess.Popen(
         [os.sys.executable, "-c",
-         "import sys, axlpy; t = axlpy.Journal(sys.argv[1]).open('t'); t.dispatch(); t.wait()",
-         str(jp)])
+         "import os, sys, axlpy; t = axlpy.Journal(sys.argv[1]).open('t')\n"
+         "journal_pause = t._on_pause\n"
+         "def on_pause(ev):\n"
+         "    journal_pause(ev)\n"
+         "    os.write(1, b'P')\n"
+         "t._on_pause = on_pause\n"
+         "t.dispatch(); t.wait()",
+         str(jp)], stdout=subprocess.PIPE)
     try:
+        assert child.stdout.read(1) == b"P", "the child never paused"
         j = axlpy.Journal(jp)
-        deadline = time.monotonic() + 60
-        while j.open("t").status().state is not axlpy.TransferState.PAUSED:
-            assert time.monotonic() < deadline and child.poll() is None
-            time.sleep(0.05)
+        assert j.open("t").status().state is axlpy.TransferState.PAUSED
         extents_before = sum(len(j.db.extents(f.id)) for f in j.db.files(j.open("t")._row.id))
     finally:
         child.kill()
         child.wait()
+        child.stdout.close()
     assert extents_before >= 1
     _grow(small_fs)
     t = j.open("t")

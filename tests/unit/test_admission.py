@@ -24,8 +24,9 @@ from axlpy._admission import (
     submit_batch,
     timeout_from_env,
 )
-from axlpy.io import FaultyIOQueue, PosixIOQueue, SubmitError, probe_queue
+from axlpy.io import FaultyIOQueue, PosixIOQueue, SubmitError
 from axlpy.testing import run_all
+from tests.conftest import blocked_waiting_for_io, requires_uring, wait_until
 
 RNG = random.Random(20240503)
 
@@ -265,35 +266,45 @@ def test_many_threads_time_out_instead_of_hanging(make):
 
 
 def test_waiters_wake_when_slots_are_released(make):
-    a = make(1, timeout_us=10_000_000)
+    """reserve() really blocks while the slot is held (the waiter is seen failing to take
+    it), and a release wakes it: its own wait steps are 60 s long, so only the release's
+    notify can end the wait within the join below."""
+    looked = threading.Semaphore(0)
+
+    def clock():
+        looked.release()  # called once for the deadline, then once per failed attempt
+        return time.monotonic()
+
+    a = make(1, timeout_us=300_000_000, yield_rounds=0, min_sleep_us=60_000_000,
+             max_sleep_us=60_000_000, clock=clock)
     held = a.reserve(1)
+    looked.acquire()  # its deadline (the slot was free: no second look)
     got = []
     t = threading.Thread(target=lambda: got.append(a.reserve(1)))
     t.start()
-    time.sleep(0.05)
+    assert looked.acquire(timeout=60)  # the waiter's deadline
+    # The waiter looks again only after failing to take the slot (a reserve() that did
+    # not block would have returned instead).
+    assert looked.acquire(timeout=60), f"reserve() did not block: {got}"
     assert got == []
     a.release(held)
-    t.join(10)
-    assert len(got) == 1
+    t.join(30)
+    assert not t.is_alive() and len(got) == 1
     a.release(got[0])
 
 
 # -- AdmittedIOQueue over real queues --------------------------------------------------
 
 
-def _queues():
-    yield pytest.param(lambda: PosixIOQueue(8), id="posix")
-    reason = probe_queue("uring")
+def _uring(depth):
     from axlpy.io._uring import UringIOQueue
 
-    yield pytest.param(
-        lambda: UringIOQueue(8),
-        id="uring",
-        marks=[
-            pytest.mark.requires_uring,
-            pytest.mark.skipif(reason is not None, reason=str(reason)),
-        ],
-    )
+    return UringIOQueue(depth)
+
+
+def _queues():
+    yield pytest.param(lambda: PosixIOQueue(8), id="posix")
+    yield pytest.param(lambda: _uring(8), id="uring", marks=requires_uring)
 
 
 @pytest.mark.parametrize("make_queue", list(_queues()))
@@ -408,20 +419,24 @@ def test_submit_batch_helper(make, tmp_path):
         os.close(fd)
 
 
+@requires_uring
 def test_close_with_requests_in_flight_returns_slots(make, tmp_path):
     a = make(4)
     rfd, wfd = os.pipe()
-    reason = probe_queue("uring")
-    if reason is not None:
-        pytest.skip(reason)
-    from axlpy.io._uring import UringIOQueue
-
-    q = AdmittedIOQueue(UringIOQueue(4), a)
+    q = AdmittedIOQueue(_uring(4), a)
     q.prep_read(rfd, bytearray(1), 0)
     q.submit()
     assert a.in_use == 1
-    threading.Timer(0.05, os.write, (wfd, b"x")).start()
+    me = threading.get_native_id()
+
+    def writer():  # only once close() waits for the read in the kernel
+        wait_until(lambda: blocked_waiting_for_io(me), "close() waiting in the kernel")
+        os.write(wfd, b"x")
+
+    w = threading.Thread(target=writer)
+    w.start()
     q.close()
+    w.join()
     assert a.in_use == 0
     os.close(rfd)
     os.close(wfd)
