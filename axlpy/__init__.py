@@ -9,6 +9,7 @@ every write, fsync, rename and commit) -> ``_transfer`` (this public API) -> ``c
 
 import logging as _logging
 
+from ._admission import AdmissionStats
 from ._config import config, default_journal_path
 from ._driver import Progress
 from ._errors import (
@@ -48,6 +49,7 @@ __version__ = "0.1.0"
 _logging.getLogger("axlpy").addHandler(_logging.NullHandler())
 
 __all__ = [
+    "AdmissionStats",
     "AdmissionTimeoutError",
     "AxlError",
     "BackendUnavailableError",

@@ -36,7 +36,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from ._errors import AdmissionTimeoutError, UsageError
 from .io._base import Completion, IOQueue, IORequest, SubmitError
@@ -94,10 +94,12 @@ class AdmissionStats:
     degraded: int = 0
     #: set once these counters are in the journal (so a reader does not add them twice)
     recorded: bool = field(default=False, compare=False)
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False,
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False,
                                   compare=False)
 
-    FIELDS = ("admitted", "waited", "split", "timed_out", "rolled_back", "degraded")
+    #: the counters, in the order they are shown
+    FIELDS: ClassVar[tuple[str, ...]] = (
+        "admitted", "waited", "split", "timed_out", "rolled_back", "degraded")
 
     def add(self, **counts: int) -> None:
         """Add to the named counters (unknown names raise ``TypeError``)."""
@@ -108,6 +110,7 @@ class AdmissionStats:
                 setattr(self, name, getattr(self, name) + n)
 
     def as_dict(self) -> dict[str, int]:
+        """The counters by name, in :data:`FIELDS` order."""
         with self._lock:
             return {name: getattr(self, name) for name in self.FIELDS}
 
