@@ -9,13 +9,15 @@ new process finishes the job from the journal alone.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import json
 import os
 import secrets
+import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -192,6 +194,30 @@ def _type_name(t: TransferType | str) -> str:
         raise UsageError(
             f"unknown transfer type {t!r}; choose from {[x.value for x in TransferType]}"
         ) from None
+
+
+#: signals a terminal or a job scheduler sends to the whole process (SIGINT is Ctrl-C)
+_ASYNC_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT,
+                            signal.SIGUSR1, signal.SIGUSR2, signal.SIGALRM})
+
+
+@contextlib.contextmanager
+def _async_signals_blocked() -> Iterator[None]:
+    """Block process-directed signals in this thread while the block runs; threads
+    started inside inherit the block for their whole life.
+
+    Why: CPython runs signal handlers only in the main thread, but the kernel may hand a
+    process-directed signal to any thread that does not block it. When a busy worker
+    thread takes SIGINT, the C-level handler only sets a flag; the main thread, asleep
+    in ``wait()``, is never woken (no EINTR) and raises KeyboardInterrupt only once the
+    copy has ended. With the workers blocking these signals, the kernel must deliver them
+    to the main thread, whose wait is interrupted at once.
+    """
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, _ASYNC_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 class Transfer:
@@ -419,7 +445,8 @@ class Transfer:
         if driver.engine.background:
             self._thread = threading.Thread(target=target, name=f"axlpy:{self.name}",
                                             daemon=True)
-            self._thread.start()
+            with _async_signals_blocked():
+                self._thread.start()  # it, and every thread it starts, inherit the mask
         else:
             target()
             self._raise_error()

@@ -25,6 +25,7 @@ import functools
 import json
 import logging
 import os
+import re
 import shlex
 import shutil
 import stat
@@ -43,6 +44,7 @@ from ._config import default_journal_path
 from ._driver import Progress
 from ._errors import (
     AxlError,
+    BackendUnavailableError,
     JournalError,
     OwnershipError,
     SecurityError,
@@ -94,6 +96,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 @dataclass
 class _Settings:
     journal: str | None = None
+    allow_shared: bool = False
     verbose: int = 0
     debug: bool = False
 
@@ -111,6 +114,11 @@ def _settings() -> _Settings:
 def _set_journal(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
     if value is not None:
         _settings().journal = value
+
+
+def _set_allow_shared(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    if value:
+        _settings().allow_shared = True
 
 
 def _set_verbose(ctx: click.Context, param: click.Parameter, value: int) -> None:
@@ -138,6 +146,11 @@ def _common_options(f: F) -> F:
         callback=_set_journal,
         help="Journal file [default: $AXLPY_JOURNAL or ~/.local/state/axlpy/journal.db].",
     )(f)
+    f = click.option(
+        "--allow-shared-journal", is_flag=True, expose_value=False, is_eager=True,
+        callback=_set_allow_shared, help="Accept a journal in a directory other users can "
+        "write (e.g. /tmp); they could redirect writes [env: AXLPY_ALLOW_SHARED_JOURNAL=1].",
+    )(f)
     return f
 
 
@@ -156,11 +169,20 @@ def _journal_arg() -> str:
     finally:
         if saved is not None:
             os.environ["AXLPY_JOURNAL"] = saved
-    return "" if path == builtin else f" --journal {shlex.quote(path)}"
+    return "" if path == builtin else f" --journal {_quote(path)}"
+
+
+def _quote(arg: str) -> str:
+    """One shell word, pasteable into bash: ``shlex.quote``, or ``$'...'`` with escapes
+    when ``arg`` holds control characters (which must never reach the terminal raw)."""
+    if not _UNSAFE.search(arg):
+        return shlex.quote(arg)
+    body = _UNSAFE.sub(_escape_char, arg.replace("\\", "\\\\").replace("'", "\\'"))
+    return f"$'{body}'"
 
 
 def _cmd(verb: str, name: str) -> str:
-    return f"axlpy {verb}{_journal_arg()} {shlex.quote(name)}"
+    return f"axlpy {verb}{_journal_arg()} {_quote(name)}"
 
 
 # -- logging and errors --------------------------------------------------------------------
@@ -171,7 +193,7 @@ class _EchoHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            click.echo(f"axlpy: {record.levelname.lower()}: {self.format(record)}", err=True)
+            _say(f"axlpy: {record.levelname.lower()}: {self.format(record)}", err=True)
         except Exception:  # pragma: no cover - logging must never break the command
             self.handleError(record)
 
@@ -197,7 +219,8 @@ class CliError(click.ClickException):
     exit_code = EXIT_FAILURE
 
     def show(self, file: IO[Any] | None = None) -> None:
-        click.echo(f"axlpy: error: {self.format_message()}", err=True, file=file)
+        click.echo(_safe_lines(f"axlpy: error: {self.format_message()}"), err=True,
+                   file=file)
 
 
 class CliUsageError(CliError):
@@ -214,7 +237,12 @@ def _hint(exc: BaseException) -> str:
     if isinstance(exc, SecurityError):
         return ""  # the message already says what to do
     if isinstance(exc, JournalError):
-        return "check --journal / $AXLPY_JOURNAL"
+        path = _journal_path()
+        where = "" if path in str(exc) else f"the journal is {_safe(path)}; "
+        return f"{where}{_WHERE} to use another"
+    if isinstance(exc, BackendUnavailableError):
+        return ("that is missing on this machine, so a resume here would fail the same way; "
+                "copy with another --type (see docs/backends.md)")
     if isinstance(exc, TransferError) and exc.transfer:
         return (f"fix the cause, then `{_cmd('resume', exc.transfer)}`, "
                 f"or undo it with `{_cmd('cancel', exc.transfer)}`")
@@ -266,10 +294,41 @@ def _handle_errors(f: F) -> F:
 # -- formatting ----------------------------------------------------------------------------
 
 
+#: what must not reach a terminal raw: C0/C1 controls and DEL (escape sequences, \\n that
+#: splits a row, \\r that overwrites it), line/paragraph separators, and bidi overrides
+#: that reorder what is displayed
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029"
+                     "\u202a-\u202e\u2066-\u2069]")
+_NAMED = {"\n": "\\n", "\t": "\\t", "\r": "\\r"}
+
+
+def _escape_char(m: re.Match[str]) -> str:
+    c = m.group()
+    return _NAMED.get(c) or (f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}")
+
+
+def _safe(text: str) -> str:
+    """Text for a terminal, as ``ls -b`` shows names: control characters become visible
+    escapes (``\\n``, ``\\x1b``, ``\\u202e``). Human output only; JSON stays exact."""
+    return _UNSAFE.sub(_escape_char, text)
+
+
+def _safe_lines(text: str) -> str:
+    """:func:`_safe` for each line of a multi-line message (its own newlines stay)."""
+    return "\n".join(_safe(line) for line in text.split("\n"))
+
+
+def _say(text: str = "", *, err: bool = False) -> None:
+    """Print human-readable output. Every field was escaped where it was formatted; this
+    is the last guard for anything that was not (an error text, a log line)."""
+    click.echo(_safe_lines(text), err=err)
+
+
 def _show(p: bytes | str) -> str:
-    """A path for people: bytes that are not UTF-8 are shown as ``\\xNN``."""
+    """A path for people: bytes that are not UTF-8 are shown as ``\\xNN``, control
+    characters escaped (see :func:`_safe`)."""
     b = os.fsencode(p) if isinstance(p, str) else p
-    return b.decode("utf-8", "backslashreplace")
+    return _safe(b.decode("utf-8", "backslashreplace"))
 
 
 def _path_fields(key: str, p: bytes | None) -> dict[str, Any]:
@@ -327,6 +386,7 @@ def _emit_json(obj: Any) -> None:
 
 
 def _table(rows: list[list[str]], header: list[str]) -> str:
+    rows = [[_safe(c) for c in r] for r in rows]  # a \\n in a name must not split a row
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
              for r in [header, *rows]]
@@ -336,12 +396,34 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
 # -- journal access ------------------------------------------------------------------------
 
 
+_WHERE = "pass --journal PATH or set $AXLPY_JOURNAL"
+_SHARED_CLI = "--allow-shared-journal (or AXLPY_ALLOW_SHARED_JOURNAL=1)"
+
+
 def _open_journal(*, create: bool) -> Journal:
+    """The journal the command works on; every error says which file and how to choose
+    another one (``--journal`` / ``$AXLPY_JOURNAL``)."""
     path = _journal_path()
+    if os.path.isdir(path):
+        raise UsageError(f"journal {_safe(path)} is a directory; --journal takes the journal "
+                         f"file (e.g. {_safe(os.path.join(path, 'journal.db'))})")
     if not create and not os.path.exists(path):
-        raise UsageError(f"no journal at {path!r} (nothing was copied with it yet); "
-                         "pass --journal PATH or set AXLPY_JOURNAL")
-    return Journal(path, create=create)
+        raise UsageError(f"no journal at {_safe(path)} (nothing was copied with it yet); "
+                         f"{_WHERE}")
+    s = _settings()
+    try:
+        return Journal(path, create=create, allow_shared=True if s.allow_shared else None)
+    except SecurityError as exc:
+        # The library's advice names the Python option; say the command line's words.
+        msg = str(exc)
+        cli_msg = msg.replace("Journal(..., allow_shared=True) (or "
+                              "AXLPY_ALLOW_SHARED_JOURNAL=1)", _SHARED_CLI)
+        if cli_msg == msg and "allow_shared" in msg:
+            cli_msg = f"{msg}; on the command line: {_SHARED_CLI}"
+        raise SecurityError(cli_msg) from exc
+    except OSError as exc:
+        raise CliError(f"cannot open the journal {_safe(path)}: {_os_error_line(exc)}; "
+                       f"{_WHERE} to use another file") from exc
 
 
 def _row(j: Journal, name: str) -> TransferRow:
@@ -436,7 +518,7 @@ class _Reporter:
 
     def __init__(self, name: str, mode: str, stream: IO[str] | None = None,
                  baseline: int = 0, published: int = 0) -> None:
-        self.name = name
+        self.name = _safe(name)
         #: bytes of files published before this run: a resume verifies them but does not
         #: count them in its Progress, so the display adds them
         self.published = published
@@ -512,7 +594,7 @@ class _Reporter:
         dt = time.monotonic() - self.started
         copied = max(0, st.bytes_done - self.baseline)
         extra = f" ({_human_bytes(copied)} copied now)" if self.baseline else ""
-        self._write(f"axlpy: {self.name}: {st.state.value}: {st.files_done} files, "
+        self._write(f"axlpy: {self.name}: {st.state.value}: {_plural(st.files_done, 'file')}, "
                     f"{_human_bytes(st.bytes_done)}{extra} in {dt:.1f}s "
                     f"({_human_bytes(copied / dt if dt > 0 else 0)}/s)\n")
         if _settings().verbose:
@@ -525,6 +607,10 @@ def _admission_text(counts: dict[str, int]) -> str:
     return ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in counts.items())
 
 
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
 def _isatty(stream: IO[str]) -> bool:
     try:
         return stream.isatty()
@@ -534,23 +620,37 @@ def _isatty(stream: IO[str]) -> bool:
 
 def _run_transfer(t: Transfer, reporter: _Reporter, start: Callable[[], None]) -> None:
     """Run ``start`` (dispatch or resume) to the end; on Ctrl-C stop cleanly and exit 3.
+    Returns only if the transfer is COMPLETED; otherwise prints why and exits non-zero,
+    so ``axlpy cp a b && rm -rf a`` is safe.
 
     SYNC copies in this thread, so Ctrl-C raises KeyboardInterrupt inside the copy: what
     is committed stays committed, the transfer stays DISPATCHED owned by this process, and
     once this process has exited any other can take it over and resume. Background types
-    are asked to stop at the next chunk and waited for."""
+    are asked to stop at the next chunk and waited for (their threads never take the
+    signal themselves, see ``axlpy._transfer``)."""
     try:
         start()
-        if t.running:
-            t.wait()
+        # Always wait, even if the worker already ended: a background transfer that
+        # failed before this line raises its stored error only here.
+        t.wait()
     except KeyboardInterrupt:
         reporter.end_line()
         _stop_background(t)
         _interrupted(t)
-    except TransferError:
+    except AxlError:
         reporter.end_line()
         raise
     reporter.finish(t)
+    state = t.state
+    if state is not _T.COMPLETED:
+        # wait() raised nothing, yet the transfer did not complete (cancelled meanwhile,
+        # or its error was already taken): the journal has the reason.
+        error = t.status().error
+        why = f": {error}" if error else ""
+        hint = (f"; `{_cmd('resume', t.name)}` finishes it" if state is not _T.CANCELLED
+                else "")
+        raise CliError(f"transfer {_safe(t.name)} ended {state.value}, not COMPLETED"
+                       f"{_safe(why)}{hint}")
 
 
 def _stop_background(t: Transfer) -> None:
@@ -565,18 +665,18 @@ def _interrupted(t: Transfer) -> NoReturn:
     err = sys.stderr
     state = t.state
     if state is _T.COMPLETED:
-        click.echo(f"axlpy: {t.name}: interrupted, but the copy had already completed",
+        _say(f"axlpy: {_safe(t.name)}: interrupted, but the copy had already completed",
                    err=True)
         raise click.exceptions.Exit(EXIT_OK)
     if state is _T.CREATED:
         with contextlib.suppress(AxlError):
             t.free()
-        click.echo(f"axlpy: {t.name}: interrupted before copying started; nothing was "
+        _say(f"axlpy: {_safe(t.name)}: interrupted before copying started; nothing was "
                    "written and the transfer was removed from the journal", err=True)
         raise click.exceptions.Exit(EXIT_FAILURE)
     st = t.status()
     err.write(
-        f"axlpy: {t.name}: interrupted ({state.value}, {st.files_done}/{st.files_total} "
+        f"axlpy: {_safe(t.name)}: interrupted ({state.value}, {st.files_done}/{st.files_total} "
         f"files, {_human_bytes(st.bytes_done)}/{_human_bytes(st.bytes_total)} safe in the "
         "journal). Nothing half-written is under a final name.\n"
         f"  to finish it:  {_cmd('resume', t.name)}\n"
@@ -675,7 +775,8 @@ def cp(ttype: str, move: bool, metadata: bool, name: str | None, progress: str,
     with _open_journal(create=True) as j:
         t = j.create(name, ttype, on_progress=reporter,
                      move=True if move else None, metadata=True if metadata else None)
-        click.echo(f"axlpy: transfer {name} ({t.type}) in journal {j.path}", err=True)
+        _say(f"axlpy: transfer {_safe(name)} ({t.type}) in journal {_safe(j.path)}",
+             err=True)
         try:
             for s, d in plan:
                 n = t.add(s, d)
@@ -706,12 +807,12 @@ def ls_cmd(as_json: bool) -> None:
         _emit_json({"version": JSON_VERSION, "journal": path, "transfers": infos})
         return
     if not infos:
-        click.echo(f"no transfers in {path}")
+        _say(f"no transfers in {_safe(path)}")
         return
     rows = [[i["name"], i["type"], i["state"], f"{i['files_done']}/{i['files_total']}",
              f"{_human_bytes(i['bytes_done'])}/{_human_bytes(i['bytes_total'])}",
              _human_age(i["age_seconds"]), _owner_text(i["owner"])] for i in infos]
-    click.echo(_table(rows, ["NAME", "TYPE", "STATE", "FILES", "BYTES", "AGE", "OWNER"]))
+    _say(_table(rows, ["NAME", "TYPE", "STATE", "FILES", "BYTES", "AGE", "OWNER"]))
 
 
 # -- status --------------------------------------------------------------------------------
@@ -744,8 +845,8 @@ def _print_status(doc: dict[str, Any]) -> None:
     i = doc["transfer"]
     pct = 100.0 * i["bytes_done"] / i["bytes_total"] if i["bytes_total"] else 100.0
     lines = [
-        f"transfer  {i['name']}",
-        f"journal   {doc['journal']}",
+        f"transfer  {_safe(i['name'])}",
+        f"journal   {_safe(doc['journal'])}",
         f"type      {i['type']}" + ("  (move)" if i["move"] else ""),
         f"state     {i['state']}" + ("  (running)" if i["live"] else ""),
         f"owner     {_owner_text(i['owner'])}",
@@ -755,12 +856,12 @@ def _print_status(doc: dict[str, Any]) -> None:
         f"updated   {i['updated']}",
     ]
     if i["error"]:
-        lines.append(f"error     {i['error']}")
+        lines.append(f"error     {_safe(i['error'])}")
     if any(i["admission"].values()):
         lines.append(f"admission {_admission_text(i['admission'])}")
     for k, step in enumerate(i["next"]):
         lines.append(f"{'next' if k == 0 else '':<9} {step}")
-    click.echo("\n".join(lines))
+    _say("\n".join(lines))
     if doc["files"]:
         rows = []
         for f in doc["files"]:
@@ -769,16 +870,16 @@ def _print_status(doc: dict[str, Any]) -> None:
                     f"{100.0 * f['bytes_done'] / f['size']:.0f}%" if f["size"] else "100%")
             dst = _show(os.fsencode(f["dst"]))
             if f["error"]:
-                dst += f"  ({f['error']})"
+                dst += f"  ({_safe(f['error'])})"
             rows.append([f["state"], f["kind"], size, done, dst])
-        click.echo()
-        click.echo(_table(rows, ["STATE", "KIND", "SIZE", "DONE", "DESTINATION"]))
+        _say()
+        _say(_table(rows, ["STATE", "KIND", "SIZE", "DONE", "DESTINATION"]))
     if doc["files_omitted"]:
-        click.echo(f"... {doc['files_omitted']} more (use --limit)")
+        _say(f"... {doc['files_omitted']} more (use --limit)")
     for e in doc.get("events", []):
         arrow = f" {e['from'] or ''}->{e['to']}" if e["to"] else ""
-        detail = f" {e['detail']}" if e["detail"] else ""
-        click.echo(f"{e['time']}  pid {e['pid']}  {e['event']}{arrow}{detail}")
+        detail = f" {_safe(e['detail'])}" if e["detail"] else ""
+        _say(f"{e['time']}  pid {e['pid']}  {_safe(e['event'])}{arrow}{detail}")
 
 
 def _watch(j: Journal, name: str, interval: float, as_json: bool) -> int:
@@ -805,14 +906,14 @@ def _watch(j: Journal, name: str, interval: float, as_json: bool) -> int:
             left = max(0, p.bytes_total - p.bytes_done)
             eta = _human_duration(left / rate) if rate > 0 else "--:--"
             pct = 100.0 * p.bytes_done / p.bytes_total if p.bytes_total else 100.0
-            line = (f"{name}: {info['state']} {pct:3.0f}% {_human_bytes(p.bytes_done)}/"
+            line = (f"{_safe(name)}: {info['state']} {pct:3.0f}% {_human_bytes(p.bytes_done)}/"
                     f"{_human_bytes(p.bytes_total)}  {p.files_done}/{p.files_total} files"
                     f"  {_human_bytes(rate)}/s  ETA {eta}")
             if tty:
                 err.write(f"\r{line}\x1b[K")
                 err.flush()
             elif line != last_line:
-                click.echo(line)
+                _say(line)
             last_line = line
         if ended:
             break
@@ -824,7 +925,7 @@ def _watch(j: Journal, name: str, interval: float, as_json: bool) -> int:
         return EXIT_OK
     if state in (_T.DISPATCHED, _T.RENAMED, _T.PAUSED):
         if not as_json:
-            click.echo(f"{name}: no process is running it any more; "
+            _say(f"{_safe(name)}: no process is running it any more; "
                        f"`{_cmd('resume', name)}` finishes it")
         return EXIT_INTERRUPTED
     return EXIT_FAILURE
@@ -883,14 +984,14 @@ def resume(name: str, force: bool, progress: str) -> None:
     with _open_journal(create=False) as j:
         row = _row(j, name)
         if row.state is _T.COMPLETED:
-            click.echo(f"axlpy: {name}: already COMPLETED; nothing to do", err=True)
+            _say(f"axlpy: {_safe(name)}: already COMPLETED; nothing to do", err=True)
             return
         published = sum(r.size for r in j.db.files(row.id, [_F.PUBLISHED])
                         if r.kind == "file")
         reporter = _Reporter(name, progress, baseline=j.db.progress(row.id)[0],
                              published=published)
         t = j.open(name, on_progress=reporter)
-        click.echo(f"axlpy: resuming {name} ({row.state.value})", err=True)
+        _say(f"axlpy: resuming {_safe(name)} ({row.state.value})", err=True)
         _run_transfer(t, reporter, functools.partial(t.resume, force=force))
 
 
@@ -910,7 +1011,7 @@ def cancel(name: str, force: bool) -> None:
     with _open_journal(create=False) as j:
         _row(j, name)
         j.open(name).cancel(force=force)
-        click.echo(f"cancelled {name}: its temp files and published files were removed; "
+        _say(f"cancelled {_safe(name)}: its temp files and published files were removed; "
                    f"sources untouched. `{_cmd('free', name)}` forgets it.")
 
 
@@ -927,7 +1028,7 @@ def free(name: str) -> None:
     with _open_journal(create=False) as j:
         _row(j, name)
         j.open(name).free()
-        click.echo(f"freed {name}")
+        _say(f"freed {_safe(name)}")
 
 
 # -- verify --------------------------------------------------------------------------------
@@ -1063,9 +1164,9 @@ def _mismatch_text(m: dict[str, Any]) -> str:
     if p == "wrong-type":
         return f"{path}: is no longer a {m['kind']}"
     if p == "unreadable":
-        return f"{path}: cannot be read ({m.get('detail')})"
+        return f"{path}: cannot be read ({_safe(str(m.get('detail')))})"
     if p == "marker":
-        return f"{m.get('detail')}"
+        return _safe(f"{m.get('detail')}")
     return f"{path}: {p}"
 
 
@@ -1097,24 +1198,24 @@ def verify(name: str | None, manifest_dir: str | None, partial: bool,
             doc = _verify_transfer(j, name or "")
         if not doc["complete"] and not partial:
             doc["ok"] = False
-        what = name or ""
+        what = _safe(name or "")
     if as_json:
         _emit_json(doc)
     else:
         for m in doc["mismatches"]:
-            click.echo(f"MISMATCH {_mismatch_text(m)}")
+            _say(f"MISMATCH {_mismatch_text(m)}")
         note = ""
         if doc.get("not_published"):
             note = f"; {doc['not_published']} not published yet ({doc['state']})"
         verdict = ("OK" if doc["ok"] else "FAILED" if doc["mismatches"]
                    or doc.get("state") == _T.CANCELLED.value else "INCOMPLETE")
-        click.echo(f"{verdict}: {what}: {doc['checked']} checked, "
+        _say(f"{verdict}: {what}: {doc['checked']} checked, "
                    f"{len(doc['mismatches'])} mismatches{note}")
         if "state" in doc and not doc["complete"] and not doc["mismatches"]:
             if doc["state"] == _T.CANCELLED.value:
-                click.echo("the transfer was cancelled: there is nothing to verify")
+                _say("the transfer was cancelled: there is nothing to verify")
             elif not partial:
-                click.echo(f"the transfer is {doc['state']}, not COMPLETED (resume it, or "
+                _say(f"the transfer is {doc['state']}, not COMPLETED (resume it, or "
                            "pass --partial to check only what is published)")
     raise click.exceptions.Exit(EXIT_OK if doc["ok"] else EXIT_FAILURE)
 
@@ -1170,12 +1271,13 @@ def latest(directory: str, check_crc: bool, check: str | None, repair: bool,
             "pointer": dict(ptr_doc, repaired=repaired),
         })
     elif path is not None:
-        click.echo(_show(path))
+        _say(_show(path))
         if ptr_doc["state"] != "current" and not repaired:
-            click.echo(f"axlpy: the latest pointer is {ptr_doc['state']}: "
-                       f"{ptr_doc['detail']} (axlpy latest --repair {directory})", err=True)
+            _say(f"axlpy: the latest pointer is {ptr_doc['state']}: "
+                 f"{_safe(str(ptr_doc['detail']))} (axlpy latest --repair "
+                 f"{_quote(directory)})", err=True)
     else:
-        click.echo(f"axlpy: no valid checkpoint under {directory}", err=True)
+        _say(f"axlpy: no valid checkpoint under {_show(directory)}", err=True)
     raise click.exceptions.Exit(EXIT_OK if found is not None else EXIT_FAILURE)
 
 
@@ -1407,14 +1509,14 @@ def gc(directory: str, do_delete: bool, include_resumable: bool, min_age: float,
             click.echo(f"{t['action'].upper():<7} trash     {_show(os.fsencode(t['path']))}  "
                        f"({_human_bytes(t['bytes'])}; left by an interrupted prune)")
         for e in entries:
-            click.echo(f"{e['action'].upper():<7} {e['class']:<9} "
+            _say(f"{e['action'].upper():<7} {e['class']:<9} "
                        f"{_show(os.fsencode(e['path']))}  ({_human_bytes(e['size'])}; "
-                       f"{e['reason']})")
+                       f"{_safe(e['reason'])})")
         if do_delete:
-            click.echo(f"{len(entries)} temp files found, {summary['deleted']} deleted "
+            _say(f"{len(entries)} temp files found, {summary['deleted']} deleted "
                        f"({_human_bytes(summary['bytes'])}), {summary['kept']} kept")
         else:
-            click.echo(f"{len(entries)} temp files found, {summary['deletable']} can be "
+            _say(f"{len(entries)} temp files found, {summary['deletable']} can be "
                        f"deleted ({_human_bytes(summary['bytes'])}), {summary['kept']} kept"
                        + ("; run with --delete to remove them" if summary["deletable"]
                           else ""))
