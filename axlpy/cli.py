@@ -240,9 +240,10 @@ def _hint(exc: BaseException) -> str:
         path = _journal_path()
         where = "" if path in str(exc) else f"the journal is {_safe(path)}; "
         return f"{where}{_WHERE} to use another"
-    if isinstance(exc, BackendUnavailableError):
-        return ("that is missing on this machine, so a resume here would fail the same way; "
-                "copy with another --type (see docs/backends.md)")
+    if isinstance(exc, BackendUnavailableError) or isinstance(exc.__cause__, ImportError):
+        # Not resumable here: the same engine would fail the same way.
+        return ("this machine lacks what that transfer type needs: install it, or copy "
+                "with another --type (see docs/backends.md)")
     if isinstance(exc, TransferError) and exc.transfer:
         return (f"fix the cause, then `{_cmd('resume', exc.transfer)}`, "
                 f"or undo it with `{_cmd('cancel', exc.transfer)}`")
