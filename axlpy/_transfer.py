@@ -477,7 +477,9 @@ class Transfer:
     def wait(self, timeout: float | None = None) -> None:
         """Block until the transfer ends, or raise TimeoutError after ``timeout`` seconds
         (the transfer keeps running). Raises the transfer's error exactly once; returns
-        quietly for a CANCELLED transfer (unlike C AXL, so ``stop()`` works)."""
+        quietly for a CANCELLED transfer (unlike C AXL, so ``stop()`` works). Ctrl-C
+        (KeyboardInterrupt) ends the wait at once, even while the copy is busy: the
+        transfer's threads block process-directed signals, so the main thread gets them."""
         if not self._done.wait(timeout):
             raise TimeoutError(f"transfer {self.name!r} still running after {timeout}s")
         if self._thread is not None:
