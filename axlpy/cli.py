@@ -237,8 +237,10 @@ def _hint(exc: BaseException) -> str:
     if isinstance(exc, SecurityError):
         return ""  # the message already says what to do
     if isinstance(exc, JournalError):
-        path = _journal_path()
-        where = "" if path in str(exc) else f"the journal is {_safe(path)}; "
+        msg, path = str(exc), _journal_path()
+        if "--journal" in msg:
+            return ""
+        where = "" if path in msg else f"the journal is {_safe(path)}; "
         return f"{where}{_WHERE} to use another"
     if isinstance(exc, BackendUnavailableError) or isinstance(exc.__cause__, ImportError):
         # Not resumable here: the same engine would fail the same way.
@@ -1456,7 +1458,7 @@ def gc(directory: str, do_delete: bool, include_resumable: bool, min_age: float,
     if not os.path.isdir(top):
         raise UsageError(f"{directory!r} is not a directory")
     path = _journal_path()
-    j = Journal(path, create=False) if os.path.exists(path) else None
+    j = _open_journal(create=False) if os.path.exists(path) else None
     try:
         by_token = {r.token: r for r in j.db.transfers()} if j is not None else {}
         opened = _open_inodes()

@@ -189,7 +189,7 @@ def test_progress_bar_in_a_terminal(jpath, big, tmp_path):
     assert re.search(r"\[[#-]+\]\s+\d+% [\d.]+ \w+/24\.0 MiB  [01]/1 files  [\d.]+ \w+/s"
                      r"  ETA \d+:\d\d", frames[-1]), frames[-1]
     assert "\r" in text and "\x1b[K" in text
-    assert "bar: COMPLETED: 1 files" in text
+    assert "bar: COMPLETED: 1 file," in text
     assert (tmp_path / "o").read_bytes() == data
 
 
@@ -200,7 +200,7 @@ def test_no_progress_bar_when_piped(jpath, big, tmp_path):
                 env=env)
     assert r.code == 0
     assert "\r" not in r.err and "\x1b" not in r.err and "ETA" not in r.err
-    assert r.err.splitlines()[-1].startswith("axlpy: pipe: COMPLETED: 1 files")
+    assert r.err.splitlines()[-1].startswith("axlpy: pipe: COMPLETED: 1 file,")
 
 
 def test_quiet_progress_lines_when_piped(jpath, big, tmp_path):
