@@ -1332,17 +1332,18 @@ def prune(directory: str, keep_last: int, keep_every: int | None, verify: str,
         _emit_json({"version": JSON_VERSION, **doc})
     else:
         for p, b in rep.trash:
-            click.echo(f"{'TRASH' if dry_run else 'FINISHED'} {_show(p)} ({_human_bytes(b)}; "
-                       "left by an interrupted prune)")
+            _say(f"{'TRASH' if dry_run else 'FINISHED'} {_show(p)} ({_human_bytes(b)}; "
+                 "left by an interrupted prune)")
         for it in rep.items:
             step = "-" if it.step is None else str(it.step)
-            click.echo(f"{it.action.upper():<7} {_show(it.name)}  step {step}  ({it.reason})")
+            _say(f"{it.action.upper():<7} {_show(it.name)}  step {step}  "
+                 f"({_safe(it.reason)})")
         sm = doc["summary"]
         verb = "can be deleted" if dry_run else "deleted"
         n = sm["deletable"] if dry_run else sm["deleted"]
-        click.echo(f"{len(rep.items)} checkpoints, {sm['kept']} kept, {n} {verb} "
-                   f"({_human_bytes(sm['bytes'])})"
-                   + ("; run without --dry-run to delete them" if dry_run and n else ""))
+        _say(f"{len(rep.items)} checkpoints, {sm['kept']} kept, {n} {verb} "
+             f"({_human_bytes(sm['bytes'])})"
+             + ("; run without --dry-run to delete them" if dry_run and n else ""))
     raise click.exceptions.Exit(EXIT_FAILURE if doc["summary"]["errors"] else EXIT_OK)
 
 
@@ -1509,8 +1510,8 @@ def gc(directory: str, do_delete: bool, include_resumable: bool, min_age: float,
                     "trash": trash})
     else:
         for t in trash:
-            click.echo(f"{t['action'].upper():<7} trash     {_show(os.fsencode(t['path']))}  "
-                       f"({_human_bytes(t['bytes'])}; left by an interrupted prune)")
+            _say(f"{t['action'].upper():<7} trash     {_show(os.fsencode(t['path']))}  "
+                 f"({_human_bytes(t['bytes'])}; left by an interrupted prune)")
         for e in entries:
             _say(f"{e['action'].upper():<7} {e['class']:<9} "
                        f"{_show(os.fsencode(e['path']))}  ({_human_bytes(e['size'])}; "
