@@ -561,7 +561,14 @@ class CommTransfer:
         if state is _T.COMPLETED:
             self._discard_completed()
         elif state is not _T.CANCELLED:
-            self.transfer.cancel()
+            try:
+                self.transfer.cancel()
+            except InvalidTransitionError:
+                # It finished publishing before it saw the cancel: discard it like any
+                # other COMPLETED rank's transfer.
+                if self.transfer.state is not _T.COMPLETED:
+                    raise
+                self._discard_completed()
         if self._thread is not None:
             self._thread.join()
             self._thread = None

@@ -53,6 +53,10 @@ def main() -> int:
     p.add_argument("--crash-hit", type=int, default=1)
     p.add_argument("--policy", default="keep")
     p.add_argument("--timeout", type=float, default=1.0)
+    # A rank held at its first chunk (as a straggler) whose cancel, when the failure policy
+    # applies it, first opens the gate and waits for its copy to finish: the copy completes
+    # between the policy's look at the state and the cancel (a race no timing can force).
+    p.add_argument("--late-rank", type=int, default=-1)
     a = p.parse_args()
     global _WORKDIR
     _WORKDIR = a.workdir
@@ -87,7 +91,7 @@ def main() -> int:
 
     make_sources(w, rank, a.files, a.size)
     src = os.path.join(w, "src", f"rank-{rank}")
-    slow = a.scenario == "straggler" and rank == a.bad_rank
+    slow = (a.scenario == "straggler" and rank == a.bad_rank) or rank == a.late_rank
     gate = os.path.join(w, "gate")
 
     def hold(_progress: object) -> None:
@@ -109,6 +113,18 @@ def main() -> int:
         os.unlink(os.path.join(src, "part-0.bin"))
     if a.scenario == "crash" and rank == a.bad_rank:
         _crashpoints.reset_for_tests(armed=a.crash_at, hit=a.crash_hit)
+    seen_at_cancel: list[str] = []
+    if rank == a.late_rank:
+        real_cancel = ct.transfer.cancel
+
+        def late_cancel(**kw: Any) -> Any:
+            seen_at_cancel.append(ct.transfer.state.value)  # still held: DISPATCHED
+            open(gate, "w").close()
+            ct.transfer.wait()
+            seen_at_cancel.append(ct.transfer.state.value)  # now COMPLETED
+            return real_cancel(**kw)
+
+        ct.transfer.cancel = late_cancel  # type: ignore[method-assign]
     try:
         ct.dispatch()
         if a.scenario == "straggler":
@@ -135,7 +151,8 @@ def main() -> int:
     except amp.CollectiveError as exc:
         report(rank, ok=False, error=type(exc).__name__, op=exc.op,
                failures={str(k): v for k, v in exc.failures.items()}, message=str(exc),
-               state=ct.transfer.state.value)
+               state=ct.transfer.state.value, seen_at_cancel=seen_at_cancel,
+               events=[e["event"] for e in ct.transfer.events()])
     return 0
 
 

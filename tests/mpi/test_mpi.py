@@ -134,6 +134,24 @@ def test_one_rank_source_missing_no_marker_error_everywhere(
         assert results[bad]["state"] == "CREATED"
 
 
+def test_cancel_policy_rank_that_completes_while_being_cancelled_discards(work: Path) -> None:
+    # Rank 1's copy is held at its first chunk until the policy has looked at its state
+    # (DISPATCHED) and calls cancel(); it then finishes before the cancel reaches it. Its
+    # transfer is COMPLETED, so it must discard its files like a rank that was done earlier
+    # (was: cancel raised InvalidTransitionError, "this rank's cancel failed", files left).
+    results = run(4, "vanish", str(work), "--bad-rank", "3", "--policy", "cancel",
+                  "--late-rank", "1")
+    late = results[1]
+    assert late["seen_at_cancel"] == ["DISPATCHED", "COMPLETED"]
+    assert late["state"] == "COMPLETED" and "mpi.discard" in late["events"]
+    for r in results.values():
+        assert not r["ok"] and r["op"] == "dispatch"
+        assert "every rank cancelled its transfer" in r["message"], r["message"]
+    assert results[3]["state"] == "CANCELLED"
+    assert [p for p in ckpt(work).rglob("*") if p.is_file()] == []
+    assert not (ckpt(work) / _manifest.MARKER).exists()
+
+
 def test_keep_policy_then_fix_and_resume_commits(work: Path) -> None:
     n, bad = 4, 2
     results = run(n, "vanish", str(work), "--bad-rank", str(bad))
