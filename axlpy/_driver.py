@@ -35,6 +35,7 @@ from ._errors import (
     TransferError,
     UsageError,
 )
+from ._fdbudget import fd_budget
 from ._journal import FileRow, JournalDB, TransferRow
 from ._planted import planted
 from ._staging import DirCache, check_staged, fsync_dir, fsync_fd, same_entry, unlink_quiet
@@ -130,6 +131,8 @@ class Driver:
         # every row with that root, and the recorded roots do not change after dispatch).
         self._normal_roots: set[bytes] = set()
         self._recorded_roots: set[bytes] = set()
+        #: descriptors this run may hold (from RLIMIT_NOFILE, see ``axlpy._fdbudget``)
+        self.fds = fd_budget()
 
     # -- helpers ------------------------------------------------------------------------
 
@@ -142,7 +145,8 @@ class Driver:
 
     def _dirs(self) -> DirCache:
         return DirCache(mkdirs=bool(self.opts.get("mkdirs", True)),
-                        follow_symlinks=bool(self.opts.get("follow_dst_symlinks", False)))
+                        follow_symlinks=bool(self.opts.get("follow_dst_symlinks", False)),
+                        max_open=self.fds.dirs)
 
     def _check_inside_roots(self, row: FileRow) -> None:
         """A journal row must not escape the destination roots recorded at create time.
@@ -219,9 +223,8 @@ class Driver:
             self._check_inside_roots(r)
         with self._dirs() as dirs:
             if renamed:
-                touched = {dirs.open(r.root, _dir_and_name(r.rel)[0]) for r in renamed}
-                for fd in touched:
-                    fsync_dir(fd)
+                for key in {(r.root, _dir_and_name(r.rel)[0]) for r in renamed}:
+                    fsync_dir(dirs.open(*key))
                 crash_point("publish.after_dir_fsync")
                 self.jdb.set_files(self.t.id, [(r, _F.PUBLISHED, {}) for r in renamed],
                                    "published")
@@ -244,10 +247,10 @@ class Driver:
 
     def _task(self, dirs: DirCache, r: FileRow,
               info: tuple[int, int, int] | None = None) -> StageTask:
-        d, _ = _dir_and_name(r.rel)
-        dfd = dirs.open(r.root, d)
+        # The directory is opened (created) when the engine creates the temp, not here:
+        # a transfer keeps only its fd budget's worth of directories open.
         assert r.tmp is not None, "temp names are assigned at dispatch"
-        t = StageTask(r, dfd, r.tmp)
+        t = StageTask(r, dirs, r.tmp)
         if info:
             t.resume_from, t.resume_crc, t.next_extent = info
         return t
@@ -262,6 +265,7 @@ class Driver:
             on_bytes=self.progress.add_bytes,
             cancel=self.cancel_event,
             workers=int(self.opts.get("workers", 0) or 0),
+            max_open_files=self.fds.files,
         )
         if self.retry is not None:
             ctx.retry = self.retry
@@ -302,9 +306,10 @@ class Driver:
     def _stage_link(self, dirs: DirCache, r: FileRow) -> StageResult:
         t = self._task(dirs, r)
         assert r.link is not None
-        unlink_quiet(t.dir_fd, t.tmp)
         try:
-            os.symlink(r.link, t.tmp, dir_fd=t.dir_fd)
+            with t.dir() as dir_fd:
+                unlink_quiet(dir_fd, t.tmp)
+                os.symlink(r.link, t.tmp, dir_fd=dir_fd)
         except FileExistsError as exc:
             raise SecurityError(f"temp name {os.fsdecode(t.tmp)!r} was recreated by someone "
                                 "else while being replaced; refusing to use it") from exc
@@ -318,50 +323,61 @@ class Driver:
         bad_order = planted("commit_after_step")
         if not already_staged and not bad_order:
             self._commit_staged(group)
-        touched: dict[int, None] = {}
+        touched: dict[tuple[bytes, bytes], None] = {}
         owners = self._temp_owners()
         for res in group:
             t = res.task
-            _, name = _dir_and_name(t.row.rel)
-            try:
-                # The temp must still be ours (not swapped for a symlink or another file)
-                # just before the rename, and the final name must be that inode after it.
-                st = check_staged(t.dir_fd, t.tmp, kind=t.row.kind, size=res.size,
-                                  link=t.row.link, owners=owners)
-                os.rename(t.tmp, name, src_dir_fd=t.dir_fd, dst_dir_fd=t.dir_fd)
-            except SecurityError as exc:
-                exc.add_note(f"transfer {self.t.name!r}, file {os.fsdecode(t.row.dst)!r}")
-                raise
-            except OSError as exc:
-                raise PublishError(
-                    f"cannot rename staged file into {os.fsdecode(t.row.dst)!r}: "
-                    f"{exc.strerror}", transfer=self.t.name, path=os.fsdecode(t.row.dst)
-                ) from exc
-            if not same_entry(t.dir_fd, name, st):
-                # Swapped in the instant between the check and the rename: what now holds
-                # the final name is not our data. Remove it so no foreign or partial file
-                # stays under the final name; resume restages this file.
-                unlink_quiet(t.dir_fd, name)
-                raise SecurityError(
-                    f"temp of {os.fsdecode(t.row.dst)!r} was replaced by someone else while "
-                    "being published; the foreign file was removed from the final name")
-            if planted("rename_before_fsync") and t.row.kind == "file":
-                fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=t.dir_fd)
-                try:
-                    fsync_fd(fd)
-                finally:
-                    os.close(fd)
-            crash_point("publish.after_rename")
-            touched[t.dir_fd] = None
+            d, name = _dir_and_name(t.row.rel)
+            with t.dir() as dir_fd:
+                self._publish_one(res, dir_fd, name, owners)
+            touched[(t.row.root, d)] = None
         if bad_order:
             self._commit_staged(group)
-        for fd in touched:
-            fsync_dir(fd)
+        dirs = group[0].task.dirs
+        for key in touched:
+            # Reopened if the fd budget closed it meanwhile: fsync of any fd of the
+            # directory makes its entries durable.
+            with dirs.pinned(*key) as fd:
+                fsync_dir(fd)
         crash_point("publish.after_dir_fsync")
         self.jdb.set_files(self.t.id, [(r.task.row, _F.PUBLISHED, {}) for r in group],
                            "published")
         crash_point("publish.after_commit")
         self.progress.add_files(sum(r.task.row.kind == "file" for r in group))
+
+    def _publish_one(self, res: StageResult, dir_fd: int, name: bytes,
+                     owners: tuple[int, ...]) -> None:
+        """Rename one staged temp over its final name (checked before and after)."""
+        t = res.task
+        try:
+            # The temp must still be ours (not swapped for a symlink or another file)
+            # just before the rename, and the final name must be that inode after it.
+            st = check_staged(dir_fd, t.tmp, kind=t.row.kind, size=res.size,
+                              link=t.row.link, owners=owners)
+            os.rename(t.tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        except SecurityError as exc:
+            exc.add_note(f"transfer {self.t.name!r}, file {os.fsdecode(t.row.dst)!r}")
+            raise
+        except OSError as exc:
+            raise PublishError(
+                f"cannot rename staged file into {os.fsdecode(t.row.dst)!r}: "
+                f"{exc.strerror}", transfer=self.t.name, path=os.fsdecode(t.row.dst)
+            ) from exc
+        if not same_entry(dir_fd, name, st):
+            # Swapped in the instant between the check and the rename: what now holds
+            # the final name is not our data. Remove it so no foreign or partial file
+            # stays under the final name; resume restages this file.
+            unlink_quiet(dir_fd, name)
+            raise SecurityError(
+                f"temp of {os.fsdecode(t.row.dst)!r} was replaced by someone else while "
+                "being published; the foreign file was removed from the final name")
+        if planted("rename_before_fsync") and t.row.kind == "file":
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=dir_fd)
+            try:
+                fsync_fd(fd)
+            finally:
+                os.close(fd)
+        crash_point("publish.after_rename")
 
     def _temp_owners(self) -> tuple[int, ...]:
         """Who may own a staged temp: us, or (metadata copy as root) the source's owner."""
@@ -635,13 +651,13 @@ class Driver:
                 "its sources (move mode); cancel would lose data — resume it to finish")
         rows = self.jdb.files(self.t.id)
         buf = bytearray(4 << 20)
-        touched: dict[int, None] = {}
+        touched: dict[tuple[bytes, bytes], None] = {}
         skipped: set[tuple[bytes, bytes]] = set()
         # Directories are opened like a run opens them (below each root with O_NOFOLLOW),
         # never created: a directory swapped for a symlink is refused, not followed.
         with DirCache(mkdirs=False,
-                      follow_symlinks=bool(self.opts.get("follow_dst_symlinks", False))
-                      ) as dirs:
+                      follow_symlinks=bool(self.opts.get("follow_dst_symlinks", False)),
+                      max_open=self.fds.dirs) as dirs:
             for r in rows:
                 if r.kind == "dir" or r.state is _F.CANCELLED:
                     continue
@@ -659,15 +675,15 @@ class Driver:
                     skipped.add((r.root, d))
                     self.jdb.record_event(self.t.id, "cancel-skipped-symlink", str(exc))
                     continue
-                touched[dfd] = None
+                touched[(r.root, d)] = None
                 if r.tmp and unlink_quiet(dfd, r.tmp):
                     crash_point("cancel.after_unlink_temp")
                 if (r.state in (_F.STAGED, _F.PUBLISHED)
                         and self._matches(dfd, name, r, buf)):
                     unlink_quiet(dfd, name)
                     crash_point("cancel.after_unlink_temp")
-            for fd in touched:
-                fsync_dir(fd)
+            for key in touched:
+                fsync_dir(dirs.open(*key))
             crash_point("cancel.after_dir_fsync")
         self.jdb.set_files(self.t.id, [(r, _F.CANCELLED, {}) for r in rows
                                        if r.state is not _F.CANCELLED], "cancel-files")

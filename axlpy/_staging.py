@@ -24,7 +24,9 @@ import errno as _errno
 import os
 import re
 import stat
-from collections.abc import Iterator
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from ._crashpoints import crash_point
@@ -143,21 +145,36 @@ def same_entry(dir_fd: int, name: bytes, st: os.stat_result) -> bool:
 
 
 class DirCache:
-    """Open directory fds for destination directories, each resolved once.
+    """Open directory fds for destination directories, at most ``max_open`` at a time.
 
     ``root`` is a directory the user named: it is opened by path (symlinks the user passed
     are theirs to pass). Components below it are opened one at a time with O_NOFOLLOW
     relative to their parent's fd, and created (then the parent fsynced) when missing and
     ``mkdirs`` is set. A symlink below the root is refused with :class:`SecurityError`
     unless ``follow_symlinks`` is set.
+
+    With ``max_open`` set, the least recently used fds beyond it are closed and reopened
+    (walked again the same way) when next needed; an fd in use by :meth:`pinned` is never
+    closed, so several threads may share one cache. :meth:`open` returns an fd that stays
+    valid only until the next call into the cache: single-threaded callers only.
+    ``on_mkdir(path)`` is called (under the cache's lock) after each directory this cache
+    created is durable in its parent, so the journal can record it.
     """
 
-    def __init__(self, *, mkdirs: bool = True, follow_symlinks: bool = False) -> None:
-        self._fds: dict[bytes, int] = {}
+    def __init__(self, *, mkdirs: bool = True, follow_symlinks: bool = False,
+                 max_open: int | None = None,
+                 on_mkdir: Callable[[bytes], None] | None = None) -> None:
+        self._fds: OrderedDict[bytes, int] = OrderedDict()
+        self._pins: dict[bytes, int] = {}
+        self._lock = threading.RLock()
         self.mkdirs = mkdirs
         self.follow_symlinks = follow_symlinks
-        #: directories created by this cache, in creation order (for the journal's events)
+        self.max_open = max_open
+        self.on_mkdir = on_mkdir
+        #: directories created by this cache, in creation order
         self.created: list[bytes] = []
+        #: most fds this cache held at once (for tests and measurements)
+        self.peak = 0
 
     def open(self, root: bytes, rel: bytes = b"") -> int:
         """The fd of ``root/rel`` (``rel`` may be empty or a relative path).
@@ -167,10 +184,46 @@ class DirCache:
         ``root`` (unless ``follow_symlinks``) or a ``.``/``..``/empty component in ``rel``;
         FileNotFoundError for a missing directory when ``mkdirs`` is off.
         """
-        key = os.path.join(root, rel) if rel else root
-        fd = self._fds.get(key)
-        if fd is not None:
+        with self._lock:
+            key = os.path.join(root, rel) if rel else root
+            fd = self._fds.get(key)
+            if fd is not None:
+                self._fds.move_to_end(key)
+                return fd
+            fd = self._walk(root, rel, key)
+            self._evict(keep=key)
             return fd
+
+    @contextmanager
+    def pinned(self, root: bytes, rel: bytes = b"") -> Iterator[int]:
+        """The fd of ``root/rel`` (as :meth:`open`), never closed while inside the block."""
+        with self._lock:
+            fd = self.open(root, rel)
+            key = os.path.join(root, rel) if rel else root
+            self._pins[key] = self._pins.get(key, 0) + 1
+        try:
+            yield fd
+        finally:
+            with self._lock:
+                n = self._pins[key] - 1
+                if n:
+                    self._pins[key] = n
+                else:
+                    del self._pins[key]
+                    self._evict()
+
+    def _evict(self, keep: bytes | None = None) -> None:
+        """Close least recently used unpinned fds while more than ``max_open`` are open."""
+        self.peak = max(self.peak, len(self._fds))
+        if self.max_open is None or len(self._fds) <= self.max_open:
+            return
+        for k in list(self._fds):
+            if len(self._fds) <= self.max_open:
+                break
+            if k != keep and k not in self._pins:
+                os.close(self._fds.pop(k))
+
+    def _walk(self, root: bytes, rel: bytes, key: bytes) -> int:
         parts = rel.split(b"/") if rel else []
         if any(p in (b"", b".", b"..") for p in parts):
             raise SecurityError(f"destination path {os.fsdecode(key)!r} has an empty, '.' "
@@ -237,6 +290,8 @@ class DirCache:
             crash_point("stage.after_mkdir")
             fsync_dir(pfd)
             crash_point("stage.after_mkdir_fsync")
+            if self.on_mkdir is not None:
+                self.on_mkdir(key)
         # Opened again with the same flags: a directory swapped for a symlink between the
         # mkdir and this open is refused, not followed.
         return self._open_at(pfd, name, flags, key, nofollow)
@@ -263,9 +318,10 @@ class DirCache:
 
     def close(self) -> None:
         """Close every fd. Idempotent."""
-        fds, self._fds = self._fds, {}
-        for fd in fds.values():
-            os.close(fd)
+        with self._lock:
+            fds, self._fds = self._fds, OrderedDict()
+            for fd in fds.values():
+                os.close(fd)
 
     def __enter__(self) -> DirCache:
         return self

@@ -13,14 +13,16 @@ final name. Resume verifies or removes them; cancel removes them.
 
 from __future__ import annotations
 
+import os
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Generator, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import ClassVar
 
 from .._journal import FileRow
-from .._staging import current_umask
+from .._staging import DirCache, current_umask
 from ..io import IOQueue
 
 __all__ = ["Engine", "StageContext", "StageResult", "StageTask"]
@@ -28,19 +30,27 @@ __all__ = ["Engine", "StageContext", "StageResult", "StageTask"]
 
 @dataclass
 class StageTask:
-    """Copy ``row.src`` into temp ``tmp`` in the directory ``dir_fd``.
+    """Copy ``row.src`` into temp ``tmp`` in the destination directory of ``row``.
 
+    The directory's fd comes from ``dirs`` (shared by the transfer, bounded by its fd
+    budget) and is valid only inside ``with task.dir() as dir_fd:``: engines hold it just
+    while they create or open the temp, so a transfer over many directories keeps only a
+    few directory fds open.
     ``resume_from`` bytes of an existing temp were verified against journaled extents and
     are kept (``resume_crc`` is their CRC32C, ``next_extent`` the next extent index);
     0 means start a fresh temp.
     """
 
     row: FileRow
-    dir_fd: int
+    dirs: DirCache
     tmp: bytes
     resume_from: int = 0
     resume_crc: int = 0
     next_extent: int = 0
+
+    def dir(self) -> AbstractContextManager[int]:
+        """The destination directory's fd, kept open for the ``with`` block."""
+        return self.dirs.pinned(self.row.root, os.path.dirname(self.row.rel))
 
 
 @dataclass
@@ -68,6 +78,8 @@ class StageContext:
     #: the process umask when the transfer (re)started: final modes are ``mode & ~umask``
     umask: int = field(default_factory=current_umask)
     workers: int = 1
+    #: most files an engine may have open at once (2 fds each; see ``axlpy._fdbudget``)
+    max_open_files: int = 64
     #: how to call one operation under the retry policy: ``retry(fn, what)``
     retry: Callable[[Callable[[], int], str], int] = field(
         default=lambda fn, what: fn()

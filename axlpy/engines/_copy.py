@@ -116,11 +116,13 @@ def stage_file(task: StageTask, ctx: StageContext, queue: IOQueue,
     tmp_fd = -1
     try:
         if task.resume_from:
-            tmp_fd = os.open(task.tmp, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC,
-                             dir_fd=task.dir_fd)
+            with task.dir() as dir_fd:
+                tmp_fd = os.open(task.tmp, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                                 dir_fd=dir_fd)
             os.ftruncate(tmp_fd, task.resume_from)
         else:
-            tmp_fd = create_temp(task.dir_fd, task.tmp)
+            with task.dir() as dir_fd:
+                tmp_fd = create_temp(dir_fd, task.tmp)
             crash_point("stage.after_create_temp")
         mv = memoryview(buf)
         offset = task.resume_from

@@ -45,12 +45,14 @@ MAX_WORKERS = 16
 _POLL = 0.05
 
 
-def default_workers(nfiles: int, requested: int = 0) -> int:
+def default_workers(nfiles: int, requested: int = 0, max_open_files: int | None = None) -> int:
     """Workers for ``nfiles`` files: ``requested`` if > 0, else min(files, cores x 2, 16);
-    never more than there are files, never fewer than one."""
+    never more than there are files or than ``max_open_files`` (each worker has one file
+    open, the transfer's fd budget), never fewer than one."""
+    cap = nfiles if max_open_files is None else min(nfiles, max_open_files)
     if requested > 0:
-        return max(1, min(requested, nfiles))
-    return max(1, min(nfiles, (os.cpu_count() or 1) * 2, MAX_WORKERS))
+        return max(1, min(requested, cap))
+    return max(1, min(cap, (os.cpu_count() or 1) * 2, MAX_WORKERS))
 
 
 def name_file(exc: BaseException, task: StageTask) -> BaseException:
@@ -77,15 +79,17 @@ def open_temp(task: StageTask) -> int:
     """Open the temp for writing: the verified prefix kept by a resume (anything past it
     cut off, never trusted) or a fresh one (O_EXCL)."""
     if task.resume_from:
-        fd = os.open(task.tmp, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC,
-                     dir_fd=task.dir_fd)
+        with task.dir() as dir_fd:
+            fd = os.open(task.tmp, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                         dir_fd=dir_fd)
         try:
             os.ftruncate(fd, task.resume_from)
         except BaseException:
             os.close(fd)
             raise
         return fd
-    fd = create_temp(task.dir_fd, task.tmp)
+    with task.dir() as dir_fd:
+        fd = create_temp(dir_fd, task.tmp)
     crash_point("stage.after_create_temp")
     return fd
 
@@ -249,7 +253,7 @@ class PthreadEngine(Engine):
               ) -> Generator[StageResult, None, None]:
         if not tasks:
             return
-        nworkers = default_workers(len(tasks), ctx.workers)
+        nworkers = default_workers(len(tasks), ctx.workers, ctx.max_open_files)
         todo = list(reversed(tasks))  # pop() from the end = dispatch order
         lock = threading.Lock()
         stop = threading.Event()

@@ -228,6 +228,8 @@ class _Run:
         self.free = list(range(self.nslots))
         self.in_flight = 0
         self.syncers = _Syncers(SYNC_THREADS)
+        #: files open at once (2 fds each: the transfer's fd budget caps it)
+        self.max_files = max(1, min(self.nslots, ctx.max_open_files))
 
     # -- main loop ----------------------------------------------------------------------
 
@@ -267,7 +269,7 @@ class _Run:
         while self.free:
             f = next((f for f in self.active if f.read_off < f.size), None)
             if f is None:
-                if not self.todo or len(self.active) >= self.nslots:
+                if not self.todo or len(self.active) >= self.max_files:
                     break
                 self.open_next()
                 continue
