@@ -10,6 +10,7 @@ every write, fsync, rename and commit) -> ``_transfer`` (this public API) -> ``c
 import logging as _logging
 
 from ._admission import AdmissionStats
+from ._cancel import CancelReport
 from ._config import config, default_journal_path
 from ._driver import Progress
 from ._errors import (
@@ -54,6 +55,7 @@ __all__ = [
     "AxlError",
     "BackendUnavailableError",
     "BadSourceError",
+    "CancelReport",
     "ChecksumMismatchError",
     "FileState",
     "FileStatus",

@@ -27,6 +27,7 @@ CRASH_POINTS: dict[str, str] = {
     "dispatch.after_commit": "DISPATCHED (owner, recorded source stats, temp names) durable",
     "stage.after_mkdir": "a missing destination directory was created, parent not fsynced",
     "stage.after_mkdir_fsync": "new destination directory and its parent fsynced",
+    "stage.after_mkdir_commit": "the new directory is recorded in created_dirs (durable)",
     "stage.after_create_temp": "temp file created (O_EXCL), nothing written",
     "stage.after_write": "a chunk written to the temp file, not fsynced",
     "stage.after_extent_commit": "a group of verified extents is durable in the journal",
@@ -42,6 +43,8 @@ CRASH_POINTS: dict[str, str] = {
     "complete.after_commit": "transfer COMPLETED is durable",
     # cancel
     "cancel.after_unlink_temp": "one temp file removed by cancel",
+    "cancel.after_unlink_final": "one published file (verified ours) removed by cancel",
+    "cancel.after_rmdir": "one empty directory the transfer created removed by cancel",
     "cancel.after_dir_fsync": "directories fsynced after temp removal",
     "cancel.after_commit": "transfer CANCELLED is durable",
     # resume

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ._admission import EVENT as ADMISSION_EVENT, AdmissionStats
+from ._cancel import CancelReport
 from ._checksum import crc32c, file_crc32c
 from ._crashpoints import crash_point
 from ._errors import (
@@ -146,7 +147,11 @@ class Driver:
     def _dirs(self) -> DirCache:
         return DirCache(mkdirs=bool(self.opts.get("mkdirs", True)),
                         follow_symlinks=bool(self.opts.get("follow_dst_symlinks", False)),
-                        max_open=self.fds.dirs)
+                        max_open=self.fds.dirs, on_mkdir=self._record_mkdir)
+
+    def _record_mkdir(self, path: bytes, st: os.stat_result) -> None:
+        # Cancel removes it later only if it is still this inode and empty.
+        self.jdb.record_created_dir(self.t.id, path, st.st_dev, st.st_ino)
 
     def _check_inside_roots(self, row: FileRow) -> None:
         """A journal row must not escape the destination roots recorded at create time.
@@ -640,16 +645,25 @@ class Driver:
 
     # -- cancel ---------------------------------------------------------------------------
 
-    def cancel_on_disk(self) -> None:
-        """Remove every temp the transfer owns and every file it published (verified to be
-        still its own), fsync the directories, then commit CANCELLED. Sources are never
-        touched. Idempotent: a crash part-way is finished by cancelling again."""
+    def cancel_on_disk(self) -> CancelReport:
+        """Remove every temp the transfer owns, every file it staged or published (verified
+        to be still its own) and every directory it created that is empty, fsync the
+        directories, then journal what was removed and kept (and why) with CANCELLED.
+        Sources are never touched. Idempotent: a crash part-way is finished by cancelling
+        again. Returns the :class:`CancelReport`."""
         state = self._state()
         if state is _T.RENAMED and self.opts.get("move"):
             raise UsageError(
                 f"transfer {self.t.name!r} already published every file and is deleting "
                 "its sources (move mode); cancel would lose data — resume it to finish")
+        from ._staging import temp_name
+
+        report = CancelReport(self.t.name)
+        report.resumed_attempt = any(e["event"] == "cancel-begin"
+                                     for e in self.jdb.events(self.t.id))
+        self.jdb.record_event(self.t.id, "cancel-begin", state.value)
         rows = self.jdb.files(self.t.id)
+        events: list[tuple[str, str | None, int | None]] = []
         buf = bytearray(4 << 20)
         touched: dict[tuple[bytes, bytes], None] = {}
         skipped: set[tuple[bytes, bytes]] = set()
@@ -676,19 +690,121 @@ class Driver:
                     self.jdb.record_event(self.t.id, "cancel-skipped-symlink", str(exc))
                     continue
                 touched[(r.root, d)] = None
-                if r.tmp and unlink_quiet(dfd, r.tmp):
+                # A temp name lost with the end of the journal is recomputed: the token
+                # is random per transfer, so the name is still unmistakably ours.
+                tmp = r.tmp or temp_name(name, self.t.token, self.t.id, r.id)
+                if unlink_quiet(dfd, tmp):
+                    where = _show(os.path.join(os.path.dirname(r.dst), tmp))
+                    report.removed_temps.append(where[1:-1])
+                    events.append(("cancel-removed-temp", where, r.id))
                     crash_point("cancel.after_unlink_temp")
-                if (r.state in (_F.STAGED, _F.PUBLISHED)
-                        and self._matches(dfd, name, r, buf)):
+                why = self._keep_reason(dfd, name, r, buf)
+                if why is None:
                     unlink_quiet(dfd, name)
-                    crash_point("cancel.after_unlink_temp")
+                    report.removed.append(os.fsdecode(r.dst))
+                    events.append(("cancel-removed", _show(r.dst), r.id))
+                    crash_point("cancel.after_unlink_final")
+                elif why:
+                    report.kept[os.fsdecode(r.dst)] = why
+                    events.append(("cancel-kept", f"{_show(r.dst)}: {why}", r.id))
+            for key in self._remove_created_dirs(dirs, report, events):
+                touched[key] = None
             for key in touched:
-                fsync_dir(dirs.open(*key))
+                with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+                    fsync_dir(dirs.open(*key))
             crash_point("cancel.after_dir_fsync")
+        self.jdb.record_events(self.t.id, events)
         self.jdb.set_files(self.t.id, [(r, _F.CANCELLED, {}) for r in rows
                                        if r.state is not _F.CANCELLED], "cancel-files")
-        self._move(_T.CANCELLED, "cancel", owner=None)
+        self._move(_T.CANCELLED, "cancel", owner=None, detail=report.summary())
         crash_point("cancel.after_commit")
+        return report
+
+    def _keep_reason(self, dfd: int, name: bytes, r: FileRow, buf: bytearray) -> str | None:
+        """None: the final name holds this transfer's bytes (remove it); "": nothing there;
+        else why the file under the final name is kept."""
+        try:
+            os.stat(name, dir_fd=dfd, follow_symlinks=False)
+        except (FileNotFoundError, NotADirectoryError):
+            return ""
+        if r.state in (_F.STAGED, _F.PUBLISHED) and r.crc32c is not None:
+            if self._matches(dfd, name, r, buf):
+                return None
+            if r.state is _F.PUBLISHED:
+                return ("its content differs from what this transfer wrote (changed after "
+                        "it was published); not removed")
+            return ("its content differs from what this transfer staged (the rename had "
+                    "not happened, or it was changed since); not removed")
+        return ("the journal has no checksum for it (never staged as far as the journal "
+                "knows), so it cannot be told from a file that was there before; "
+                "not removed")
+
+    def _remove_created_dirs(self, dirs: DirCache, report: CancelReport,
+                             events: list[tuple[str, str | None, int | None]]
+                             ) -> list[tuple[bytes, bytes]]:
+        """rmdir each directory recorded in ``created_dirs`` that is empty and still the
+        inode that was created, deepest first; returns the parents to fsync."""
+        roots = [os.fsencode(r) for r in self.opts.get("roots") or []]
+        parents: list[tuple[bytes, bytes]] = []
+        created = self.jdb.created_dirs(self.t.id)
+        for path, dev, ino in sorted(created, key=lambda c: c[0].count(b"/"), reverse=True):
+            place = _created_dir_place(path, roots)
+            show = _show(path)
+            if place is None:
+                # Only the journal can name such a path: never act on it.
+                events.append(("cancel-kept-dir", f"{show}: outside the recorded "
+                               "destination roots; not removed", None))
+                report.kept_dirs[os.fsdecode(path)] = "outside the recorded destination roots"
+                continue
+            root, prel, name = place
+            try:
+                pfd = dirs.open(root, prel)
+                st = os.stat(name, dir_fd=pfd, follow_symlinks=False)
+            except (FileNotFoundError, NotADirectoryError):
+                continue  # already gone
+            except SecurityError as exc:
+                events.append(("cancel-kept-dir", f"{show}: {exc}", None))
+                report.kept_dirs[os.fsdecode(path)] = str(exc)
+                continue
+            why = None
+            if (st.st_dev, st.st_ino) != (dev, ino) or not stat.S_ISDIR(st.st_mode):
+                why = "replaced since this transfer created it; not removed"
+            else:
+                try:
+                    os.rmdir(name, dir_fd=pfd)
+                except OSError as exc:
+                    if exc.errno == _errno.ENOENT:
+                        continue
+                    if exc.errno not in (_errno.ENOTEMPTY, _errno.EEXIST):
+                        raise
+                    why = "not empty (it holds entries this cancel did not remove)"
+            if why is not None:
+                events.append(("cancel-kept-dir", f"{show}: {why}", None))
+                report.kept_dirs[os.fsdecode(path)] = why
+                continue
+            report.removed_dirs.append(os.fsdecode(path))
+            events.append(("cancel-removed-dir", show, None))
+            crash_point("cancel.after_rmdir")
+            parents.append((root, prel))
+        return parents
+
+
+def _created_dir_place(path: bytes, roots: Sequence[bytes]
+                       ) -> tuple[bytes, bytes, bytes] | None:
+    """``(root, parent rel, name)`` to reach created directory ``path``: below a recorded
+    root it is walked from that root (O_NOFOLLOW); a recorded root or one of its
+    ancestors (created because the user named it) is reached from its parent by path,
+    as the run created it. None for any other path (refused)."""
+    if not path.startswith(b"/") or os.path.normpath(path) != path or path == b"/":
+        return None
+    parent, name = os.path.split(path)
+    for root in roots:
+        if root == path or root.startswith(path + b"/"):
+            return parent, b"", name
+    for root in sorted(roots, key=len, reverse=True):
+        if path.startswith(root + b"/"):
+            return root, os.path.dirname(path[len(root) + 1:]), name
+    return None
 
 
 class _RowName:

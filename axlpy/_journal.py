@@ -462,12 +462,49 @@ class JournalDB:
             )
             db.execute("DELETE FROM files WHERE transfer_id = ?", (tid,))
             db.execute("DELETE FROM events WHERE transfer_id = ?", (tid,))
+            if self._has_table("created_dirs"):
+                db.execute("DELETE FROM created_dirs WHERE transfer_id = ?", (tid,))
             db.execute("DELETE FROM transfers WHERE id = ?", (tid,))
 
     def record_event(self, tid: int, event: str, detail: str | None = None,
                      file_id: int | None = None) -> None:
         with self.transaction():
             self._event(tid, event, detail=detail, file_id=file_id)
+
+    # -- directories a run created (cancel removes them when empty) --------------------
+
+    def record_created_dir(self, tid: int, path: bytes, dev: int, ino: int) -> None:
+        """Journal (durably) that this transfer created directory ``path``. The table is
+        created on first use (``CREATE TABLE IF NOT EXISTS``): older journals stay valid."""
+        with self.transaction() as db:
+            db.execute(_CREATED_DIRS_DDL)
+            db.execute("INSERT OR REPLACE INTO created_dirs (transfer_id, path, dev, ino)"
+                       " VALUES (?, ?, ?, ?)", (tid, path, dev, ino))
+        crash_point("stage.after_mkdir_commit")
+
+    def created_dirs(self, tid: int) -> list[tuple[bytes, int, int]]:
+        """``(path, dev, ino)`` of every directory the transfer recorded creating."""
+        with self._lock:
+            if not self._has_table("created_dirs"):
+                return []
+            rows = self.conn.execute(
+                "SELECT path, dev, ino FROM created_dirs WHERE transfer_id = ? ORDER BY path",
+                (tid,)).fetchall()
+        return [(bytes(r[0]), int(r[1]), int(r[2])) for r in rows]
+
+    def _has_table(self, name: str) -> bool:
+        return self.conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND"
+                                 " name = ?", (name,)).fetchone() is not None
+
+    def record_events(self, tid: int,
+                      events: Sequence[tuple[str, str | None, int | None]]) -> None:
+        """Journal many ``(event, detail, file_id)`` in one transaction."""
+        if not events:
+            return
+        now = time.time_ns()
+        with self.transaction():
+            for event, detail, file_id in events:
+                self._event(tid, event, detail=detail, file_id=file_id, ts=now)
 
     def events(self, tid: int) -> list[dict[str, Any]]:
         with self._lock:
@@ -592,6 +629,13 @@ class JournalDB:
                 " WHERE transfer_id = ? AND kind = 'file'", (tid,),
             ).fetchone()
         return int(r[0]), int(r[1]), int(r[2] or 0), int(r[3])
+
+
+#: directories a run created (see docs/design.md); created on first use, not versioned
+_CREATED_DIRS_DDL = (
+    "CREATE TABLE IF NOT EXISTS created_dirs (transfer_id INTEGER NOT NULL REFERENCES"
+    " transfers(id), path BLOB NOT NULL, dev INTEGER NOT NULL, ino INTEGER NOT NULL,"
+    " PRIMARY KEY (transfer_id, path))")
 
 
 def _transfer_row(r: Sequence[Any]) -> TransferRow:

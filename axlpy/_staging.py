@@ -157,13 +157,13 @@ class DirCache:
     (walked again the same way) when next needed; an fd in use by :meth:`pinned` is never
     closed, so several threads may share one cache. :meth:`open` returns an fd that stays
     valid only until the next call into the cache: single-threaded callers only.
-    ``on_mkdir(path)`` is called (under the cache's lock) after each directory this cache
-    created is durable in its parent, so the journal can record it.
+    ``on_mkdir(path, stat)`` is called (under the cache's lock) after each directory this
+    cache created is durable in its parent, so the journal can record it.
     """
 
     def __init__(self, *, mkdirs: bool = True, follow_symlinks: bool = False,
                  max_open: int | None = None,
-                 on_mkdir: Callable[[bytes], None] | None = None) -> None:
+                 on_mkdir: Callable[[bytes, os.stat_result], None] | None = None) -> None:
         self._fds: OrderedDict[bytes, int] = OrderedDict()
         self._pins: dict[bytes, int] = {}
         self._lock = threading.RLock()
@@ -291,7 +291,7 @@ class DirCache:
             fsync_dir(pfd)
             crash_point("stage.after_mkdir_fsync")
             if self.on_mkdir is not None:
-                self.on_mkdir(key)
+                self.on_mkdir(key, os.stat(name, dir_fd=pfd, follow_symlinks=False))
         # Opened again with the same flags: a directory swapped for a symlink between the
         # mkdir and this open is refused, not followed.
         return self._open_at(pfd, name, flags, key, nofollow)

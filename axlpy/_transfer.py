@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ._admission import AdmissionStats, AdmittedIOQueue, BoundedAdmission
+from ._cancel import CancelReport
 from ._config import default_journal_path, effective_options
 from ._driver import Driver, Progress, assign_temps, restat_sources
 from ._errors import (
@@ -243,6 +244,8 @@ class Transfer:
         self._engine: Engine | None = None
         #: admission counters of the run started last in this process
         self._admission: AdmissionStats | None = None
+        #: what the transfer's own thread removed and kept when it was cancelled live
+        self._cancel_report: CancelReport | None = None
 
     # -- properties -----------------------------------------------------------------------
 
@@ -434,7 +437,7 @@ class Transfer:
                     # cancel(), or an operator's "cancel" through the flag file: this
                     # thread owns the transfer, so it undoes it on disk itself.
                     if self.state is not _T.CANCELLED and not self._interrupted:
-                        driver.cancel_on_disk()
+                        self._cancel_report = driver.cancel_on_disk()
             except BaseException as exc:
                 self._error = exc
             finally:
@@ -547,18 +550,25 @@ class Transfer:
         crash_point("resume.after_takeover")
         self._start(lambda d: d.recover())
 
-    def cancel(self, *, force: bool = False) -> None:
+    def cancel(self, *, force: bool = False) -> CancelReport:
         """Stop the transfer and undo it on disk; idempotent, safe after a crash.
 
         Stops a running transfer here within about one chunk, then removes every temp
-        file it owns and every file it published (only if still byte-for-byte its own),
-        fsyncs the directories and commits CANCELLED. Sources are never touched. Once a
-        move-mode transfer is RENAMED (sources being deleted) cancel is refused: resume
-        it. If the process dies part-way, cancel again (or resume) finishes the job.
+        file it owns, every file it published (only if still byte-for-byte its own) and
+        every directory it created that is now empty, fsyncs the directories and commits
+        CANCELLED with one event per entry removed or kept. Sources are never touched.
+        Once a move-mode transfer is RENAMED (sources being deleted) cancel is refused:
+        resume it. If the process dies part-way, cancel again (or resume) finishes the
+        job (what the dead attempt removed is not listed again).
+
+        Returns:
+            A :class:`CancelReport`: what was removed, what was kept and why (empty for a
+            transfer that was already CANCELLED).
         """
+        self._cancel_report = None
         row = self._refresh()
         if row.state is _T.CANCELLED:
-            return
+            return CancelReport(self.name)
         if row.state is _T.COMPLETED:
             raise InvalidTransitionError(f"cancel transfer {self.name!r}", row.state.value,
                                          _T.CANCELLED.value)
@@ -576,16 +586,18 @@ class Transfer:
                 pass
         row = self._refresh()
         if row.state is _T.CANCELLED:
-            return
-        if row.state is _T.CREATED:
+            return self._cancel_report or CancelReport(self.name)
+        if row.state is _T.CREATED and not self.journal.db.files(row.id):
             self.journal.db.set_state(row.id, _T.CREATED, _T.CANCELLED, event="cancel",
                                       name=self.name)
-            return
+            return CancelReport(self.name)
         if row.state is _T.COMPLETED:
             raise InvalidTransitionError(f"cancel transfer {self.name!r}", row.state.value,
                                          _T.CANCELLED.value)
+        # CREATED with rows too: a journal whose last commits were lost (a cut WAL) may
+        # say CREATED while temps and files of the run are on disk.
         self.journal.db.claim(row.id, self.name, force=force)
-        self._driver().cancel_on_disk()
+        return self._driver().cancel_on_disk()
 
     def stop(self) -> None:
         """Cancel if running or unfinished, wait, and free. For AXL_Stop. A transfer that

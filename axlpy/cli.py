@@ -1005,17 +1005,23 @@ def resume(name: str, force: bool, progress: str) -> None:
 @_common_options
 @_handle_errors
 def cancel(name: str, force: bool) -> None:
-    """Undo a transfer: remove its temps and the files it published; keep sources.
+    """Undo a transfer: remove its temps, the files it published and the empty
+    directories it created; keep sources.
 
     A published file is removed only if it is still byte-for-byte what this transfer
-    wrote (CRC32C). Refused while another live process owns the transfer, and for a move
-    that is already deleting its sources (resume it instead). Safe to repeat.
+    wrote (CRC32C); prints what was removed and each file or directory kept, and why
+    (the journal's events list every entry). Refused while another live process owns
+    the transfer, and for a move that is already deleting its sources (resume it
+    instead). Safe to repeat.
     """
     with _open_journal(create=False) as j:
         _row(j, name)
-        j.open(name).cancel(force=force)
-        _say(f"cancelled {_safe(name)}: its temp files and published files were removed; "
-                   f"sources untouched. `{_cmd('free', name)}` forgets it.")
+        report = j.open(name).cancel(force=force)
+        lines = report.lines(limit=20)
+        _say(f"cancelled {_safe(name)}: {_safe(lines[0])}; sources untouched. "
+             f"`{_cmd('free', name)}` forgets it.")
+        for line in lines[1:]:
+            _say(f"  {_safe(line)}")
 
 
 @cli.command(epilog=EXIT_CODES_HELP)

@@ -30,8 +30,8 @@ _START_POINTS = ("create.after_commit", "dispatch.after_commit", "stage.after_wr
                  "renamed.after_commit", "complete.after_commit")
 _RESUME_POINTS = ("resume.after_takeover", "stage.after_write", "publish.after_rename",
                   "renamed.after_commit")
-_CANCEL_POINTS = ("cancel.after_unlink_temp", "cancel.after_dir_fsync",
-                  "cancel.after_commit")
+_CANCEL_POINTS = ("cancel.after_unlink_temp", "cancel.after_unlink_final",
+                  "cancel.after_rmdir", "cancel.after_dir_fsync", "cancel.after_commit")
 
 
 def _machine(planted: str | None, problems: list[str]) -> type[Any]:

@@ -27,7 +27,7 @@ DOC = ROOT / "docs" / "api.md"
 #: sections, in order; a public name not listed here lands in "Other names"
 GROUPS: list[tuple[str, list[str]]] = [
     ("Journals and transfers", ["Journal", "Transfer", "TransferType", "wait_all"]),
-    ("Status and progress", ["TransferStatus", "FileStatus", "Progress"]),
+    ("Status and progress", ["TransferStatus", "FileStatus", "Progress", "CancelReport"]),
     ("States", ["TransferState", "FileState"]),
     ("Configuration and limits", ["config", "default_journal_path", "Limits"]),
     ("Checkpoint lifecycle (docs/lifecycle.md)", [

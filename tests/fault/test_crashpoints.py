@@ -26,6 +26,8 @@ TYPES = available_types()
 #: points only recovery reaches: (crash the start here first, tamper, recovery verb)
 RECOVERY_ONLY: dict[str, tuple[str, str | None, str]] = {
     "cancel.after_unlink_temp": ("stage.after_commit", None, "cancel"),
+    "cancel.after_unlink_final": ("publish.after_commit", None, "cancel"),
+    "cancel.after_rmdir": ("stage.after_commit", None, "cancel"),
     "cancel.after_dir_fsync": ("stage.after_commit", None, "cancel"),
     "cancel.after_commit": ("stage.after_commit", None, "cancel"),
     "resume.after_takeover": ("stage.after_write", None, "resume"),
