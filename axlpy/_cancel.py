@@ -38,20 +38,19 @@ class CancelReport:
 
     def summary(self) -> str:
         """One line: counts of what was removed and kept."""
-        def n(k: int, what: str) -> str:
-            return f"{k} {what}" + ("" if k == 1 else "s")
+        def n(k: int, one: str, many: str) -> str:
+            return f"{k} {one if k == 1 else many}"
 
-        parts = [f"removed {n(len(self.removed), 'published file')}, "
-                 f"{n(len(self.removed_temps), 'temp file')}, "
-                 f"{n(len(self.removed_dirs), 'created directory')}"]
+        parts = [f"removed {n(len(self.removed), 'published file', 'published files')}, "
+                 f"{n(len(self.removed_temps), 'temp file', 'temp files')}, "
+                 f"{n(len(self.removed_dirs), 'created directory', 'created directories')}"]
         if self.kept or self.kept_dirs:
-            parts.append(f"kept {n(len(self.kept), 'file')} and "
-                         f"{n(len(self.kept_dirs), 'directory')}".replace("directorys",
-                                                                          "directories"))
+            parts.append(f"kept {n(len(self.kept), 'file', 'files')} and "
+                         f"{n(len(self.kept_dirs), 'directory', 'directories')}")
         if self.resumed_attempt:
             parts.append("finishing an earlier cancel that died part-way "
                          "(what it removed is not listed)")
-        return "; ".join(parts).replace("directorys", "directories")
+        return "; ".join(parts)
 
     def lines(self, limit: int | None = None) -> list[str]:
         """The summary, then one line per kept entry with its reason (at most ``limit``)."""
