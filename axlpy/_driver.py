@@ -694,9 +694,9 @@ class Driver:
                 # is random per transfer, so the name is still unmistakably ours.
                 tmp = r.tmp or temp_name(name, self.t.token, self.t.id, r.id)
                 if unlink_quiet(dfd, tmp):
-                    where = _show(os.path.join(os.path.dirname(r.dst), tmp))
-                    report.removed_temps.append(where[1:-1])
-                    events.append(("cancel-removed-temp", where, r.id))
+                    where = os.path.join(os.path.dirname(r.dst), tmp)
+                    report.removed_temps.append(os.fsdecode(where))
+                    events.append(("cancel-removed-temp", _show(where), r.id))
                     crash_point("cancel.after_unlink_temp")
                 why = self._keep_reason(dfd, name, r, buf)
                 if why is None:

@@ -83,9 +83,14 @@ def test_odd_names_resume_and_cancel_across_processes(journal_path, odd_tree, tm
     dst2 = os.fsencode(tmp_path) + b"/e\n\xff"
     run_child(jp2, odd_tree, dst2, crash_at="publish.after_rename")
     with axlpy.Journal(jp2) as j:
-        j.open("x").cancel()
-    assert temps(dst2) == []
-    assert [v for v in _tree(dst2).values() if v[0] == "file"] == []
+        report = j.open("x").cancel()
+        events = [e["event"] for e in j.open("x").events()]
+    # Every file and temp it wrote, and every directory it created (odd names too), is
+    # gone, and the report names them as they are on disk.
+    assert not os.path.lexists(dst2)
+    assert os.fsdecode(dst2) in report.removed_dirs
+    assert all(os.path.exists(p) is False for p in report.removed + report.removed_temps)
+    assert events.count("cancel-removed") == len(report.removed) > 0
 
 
 def test_cli_json_with_odd_names(journal_path, odd_tree, tmp_path):
