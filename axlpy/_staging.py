@@ -10,9 +10,10 @@ Some facts about rename(2) and directory fsync, which this module is built on:
   fsync of the file makes its data durable, not its name.
 - fsync of the temp file must come before the rename, or a power loss can leave the
   final name pointing at a file whose data never reached the disk (zero length, or holes).
-- Every path operation here is relative to a directory file descriptor, opened once per
-  destination directory and walked with O_NOFOLLOW below the root the user named, so a
-  directory swapped for a symlink after the check cannot redirect a write.
+- Every path operation here is relative to a directory file descriptor, opened per
+  destination directory (again if the fd budget closed it meanwhile) and walked with
+  O_NOFOLLOW below the root the user named, so a directory swapped for a symlink after
+  the check cannot redirect a write.
 
 Nothing here touches the journal: the caller commits before and after each step.
 """

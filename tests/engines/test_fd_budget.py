@@ -119,3 +119,23 @@ def test_budget_split(limit: int, in_use: int, dirs: int, files: int) -> None:
     assert (b.dirs, b.files) == (dirs, files)
     if b.total >= 2 + FIXED_FDS + 2:
         assert b.dirs + 2 * b.files + FIXED_FDS <= b.total
+
+
+def test_dircache_bounds_open_fds_and_never_closes_a_pinned_one(tmp_path: Path) -> None:
+    from axlpy._staging import DirCache
+
+    root = os.fsencode(tmp_path)
+    for i in range(20):
+        (tmp_path / f"d{i}").mkdir()
+    before = len(os.listdir("/proc/self/fd"))
+    with DirCache(mkdirs=False, max_open=3) as dirs:
+        with dirs.pinned(root, b"d0") as fd0:
+            for i in range(1, 20):
+                with dirs.pinned(root, b"d%d" % i) as fd:
+                    assert os.fstat(fd).st_ino == os.stat(tmp_path / f"d{i}").st_ino
+                assert len(os.listdir("/proc/self/fd")) - before <= 3
+            # d0 was pinned the whole time: still open, still d0.
+            assert os.fstat(fd0).st_ino == os.stat(tmp_path / "d0").st_ino
+        # Closed ones are walked to again on demand.
+        assert os.fstat(dirs.open(root, b"d1")).st_ino == os.stat(tmp_path / "d1").st_ino
+    assert len(os.listdir("/proc/self/fd")) == before
