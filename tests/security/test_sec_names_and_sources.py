@@ -87,6 +87,7 @@ def test_odd_names_resume_and_cancel_across_processes(journal_path, odd_tree, tm
         events = [e["event"] for e in j.open("x").events()]
     # Every file and temp it wrote, and every directory it created (odd names too), is
     # gone, and the report names them as they are on disk.
+    assert temps(tmp_path) == []
     assert not os.path.lexists(dst2)
     assert os.fsdecode(dst2) in report.removed_dirs
     assert all(os.path.exists(p) is False for p in report.removed + report.removed_temps)
