@@ -183,8 +183,19 @@ def _journal(state_file: str) -> Journal:
 
 
 def AXL_Create(xtype: int, name: str, state_file: str | None = None) -> int:
-    """Create a transfer (or, with ``AXL_XFER_STATE_FILE``, open the one named ``name`` in
-    ``state_file`` — its type comes from the journal). Returns its id or AXL_FAILURE.
+    """Create a transfer, or reload the one named ``name`` from ``state_file`` as C AXL
+    does. Returns its id or AXL_FAILURE.
+
+    The rule (C AXL's ``AXL_Create``, with one journal holding many transfers):
+
+    - ``state_file`` given and it holds a transfer named ``name``: that transfer is
+      reloaded (whatever its state), if ``xtype`` is ``AXL_XFER_STATE_FILE`` or the type
+      it was created with; another type fails naming both (C AXL: "Transfer type doesn't
+      match"). Nothing is written.
+    - otherwise a new transfer is created (CREATED, one committed row); with
+      ``AXL_XFER_STATE_FILE`` that fails, as C AXL refuses it without a state file.
+    - no ``state_file``: the default journal is used but never reloaded from (C AXL has
+      nothing to reload without one), so an existing name fails.
 
     With AXL_XFER_STATE_FILE and an empty ``name``, a journal holding exactly one transfer
     opens that one, for apps that lost track of the name.
@@ -204,7 +215,15 @@ def AXL_Create(xtype: int, name: str, state_file: str | None = None) -> int:
                 nm = names[0]
             t = j.open(nm)
         elif xtype in _TYPES:
-            t = j.create(name, _TYPES[xtype])
+            row = j.db.transfer(name) if state_file and name else None
+            if row is None:
+                t = j.create(name, _TYPES[xtype])
+            elif row.type != _TYPES[xtype].value:
+                raise UsageError(f"transfer type {_TYPES[xtype].value!r} does not match "
+                                 f"type {row.type!r} of transfer {name!r} in state file "
+                                 f"{j.path!r}")
+            else:
+                t = j.open(name)  # C AXL's reload: AXL_Resume may follow
         else:
             raise UsageError(f"transfer type {xtype} is not supported by axlpy (supported: "
                              "DEFAULT, SYNC, PTHREAD, URING, STATE_FILE)")
@@ -274,8 +293,17 @@ def AXL_Free(id: int) -> int:
 
 
 def AXL_Resume(id: int) -> int:
-    """Resume a transfer opened with AXL_XFER_STATE_FILE (or one that failed)."""
-    return _guard(lambda: _call(id, "resume"))
+    """Resume a reloaded transfer (or one that failed); as in C AXL, a COMPLETED one is
+    left alone (AXL_SUCCESS) and one never dispatched is dispatched."""
+    def resume() -> int:
+        t = _get(id)
+        if t.state is TransferState.CREATED:
+            t.dispatch()
+        else:
+            t.resume()
+        return AXL_SUCCESS
+
+    return _guard(resume)
 
 
 def AXL_Stop() -> int:
