@@ -26,12 +26,16 @@ DEFAULTS: dict[str, Any] = {
     "symlinks": "copy",  # copy | follow | refuse
     "follow_dst_symlinks": False,
     "verify_published": True,
+    # seconds without a byte written or an fsync done before a running transfer is
+    # reported STALLED (docs/design.md "Stalls and abandoned threads"); 0 = never
+    "stall_timeout": 300.0,
     # retry.* keys for every engine read/write (docs/retry.md); AXLPY_RETRY_* env wins
     "retry": {},
 }
 
 _current: dict[str, Any] = dict(DEFAULTS)
 _INT_KEYS = {"chunk_size", "extent_size", "workers", "queue_depth"}
+_FLOAT_KEYS = {"stall_timeout"}
 _BOOL_KEYS = {"mkdirs", "metadata", "move", "follow_dst_symlinks", "verify_published"}
 
 
@@ -46,6 +50,15 @@ def _coerce(key: str, value: Any) -> Any:
         if v < 0 or (key in ("chunk_size", "extent_size", "queue_depth") and v < 1):
             raise UsageError(f"config {key} must be positive, got {v}")
         return v
+    if key in _FLOAT_KEYS:
+        try:
+            f = float(value)
+        except (TypeError, ValueError):
+            raise UsageError(f"config {key} must be a number of seconds, got {value!r}") \
+                from None
+        if not f >= 0 or f == float("inf"):
+            raise UsageError(f"config {key} must be a finite number >= 0, got {value!r}")
+        return f
     if key == "retry":
         return _coerce_retry(value)
     if key in _BOOL_KEYS:

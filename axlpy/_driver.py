@@ -22,7 +22,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from ._admission import EVENT as ADMISSION_EVENT, AdmissionStats
 from ._cancel import CancelReport
@@ -70,9 +70,16 @@ class Progress:
     current_rate: float = 0.0
     _win_t: float = field(default_factory=time.monotonic, repr=False)
     _win_b: int = 0
+    #: monotonic time of the last progress of any kind (the stall watchdog reads it)
+    last_beat: float = field(default_factory=time.monotonic)
+
+    def beat(self) -> None:
+        """Something durable happened (an extent or file committed, an fsync returned)."""
+        self.last_beat = time.monotonic()
 
     def add_bytes(self, n: int) -> None:
         with self._lock:
+            self.last_beat = time.monotonic()
             self.bytes_done += n
             now = time.monotonic()
             if now - self._win_t >= 0.5:
@@ -82,6 +89,7 @@ class Progress:
 
     def add_files(self, n: int) -> None:
         with self._lock:
+            self.last_beat = time.monotonic()
             self.files_done += n
         self._notify(force=True)
 
@@ -117,7 +125,10 @@ class Driver:
                  cancel: threading.Event | None = None,
                  retry: Callable[[Callable[[], int], str], int] | None = None, *,
                  admission: AdmissionStats | None = None) -> None:
-        self.jdb = jdb
+        #: set when the run is abandoned (cancel of a stalled transfer): every later
+        #: journal write, rename, unlink and directory step of this driver raises instead
+        self.fence = threading.Event()
+        self.jdb = cast(JournalDB, _Fenced(jdb, self.fence, trow.name))
         self.t = trow
         self.engine = engine
         self.opts = trow.options
@@ -207,9 +218,9 @@ class Driver:
         try:
             self._run(resume_info or {}, ready, renamed)
         except TransferCancelledError:
-            raise  # the canceller cleans up and journals CANCELLED
+            raise  # the canceller cleans up and journals CANCELLED (also _Abandoned)
         except BaseException as exc:
-            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+            if isinstance(exc, (KeyboardInterrupt, SystemExit)) or self.fence.is_set():
                 raise
             msg = str(exc) if isinstance(exc, AxlError) else f"{type(exc).__name__}: {exc}"
             with contextlib.suppress(Exception):
@@ -266,7 +277,7 @@ class Driver:
             extent_size=int(self.opts.get("extent_size", 64 << 20)),
             copy_metadata=bool(self.opts.get("metadata", False)),
             open_queue=self.open_queue,
-            commit_extents=self.jdb.add_extents,
+            commit_extents=self._commit_extents,
             on_bytes=self.progress.add_bytes,
             cancel=self.cancel_event,
             workers=int(self.opts.get("workers", 0) or 0),
@@ -308,7 +319,16 @@ class Driver:
         stats.recorded = True
         crash_point("stage.after_admission_commit")
 
+    def _commit_extents(self, ext: Sequence[tuple[int, int, int, int, int]]) -> None:
+        self.jdb.add_extents(ext)
+        self.progress.beat()  # the extent's fdatasync returned
+
+    def _check_fence(self) -> None:
+        if self.fence.is_set():
+            raise _Abandoned(self.t.name)
+
     def _stage_link(self, dirs: DirCache, r: FileRow) -> StageResult:
+        self._check_fence()
         t = self._task(dirs, r)
         assert r.link is not None
         try:
@@ -333,11 +353,13 @@ class Driver:
         for res in group:
             t = res.task
             d, name = _dir_and_name(t.row.rel)
+            self._check_fence()
             with t.dir() as dir_fd:
                 self._publish_one(res, dir_fd, name, owners)
             touched[(t.row.root, d)] = None
         if bad_order:
             self._commit_staged(group)
+        self._check_fence()
         dirs = group[0].task.dirs
         for key in touched:
             # Reopened if the fd budget closed it meanwhile: fsync of any fd of the
@@ -401,6 +423,7 @@ class Driver:
              for r in group],
             "staged",
         )
+        self.progress.beat()  # the temps' fsyncs returned
         crash_point("stage.after_commit")
 
     def _publish_dirs(self, dirs: DirCache, rows: list[FileRow]) -> None:
@@ -409,6 +432,7 @@ class Driver:
         todo = [r for r in rows if r.state is not _F.PUBLISHED]
         if not todo:
             return
+        self._check_fence()
         meta = bool(self.opts.get("metadata", False))
         for r in sorted(todo, key=lambda r: r.rel.count(b"/") if r.rel else -1,
                         reverse=True):
@@ -425,6 +449,7 @@ class Driver:
 
     def finish(self) -> None:
         """From RENAMED: delete sources (move mode), then COMPLETED. Idempotent."""
+        self._check_fence()
         if self.opts.get("move"):
             self._delete_sources()
         self._move(_T.COMPLETED, "complete", owner=None)
@@ -651,6 +676,7 @@ class Driver:
         directories, then journal what was removed and kept (and why) with CANCELLED.
         Sources are never touched. Idempotent: a crash part-way is finished by cancelling
         again. Returns the :class:`CancelReport`."""
+        self._check_fence()
         state = self._state()
         if state is _T.RENAMED and self.opts.get("move"):
             raise UsageError(
@@ -805,6 +831,38 @@ def _created_dir_place(path: bytes, roots: Sequence[bytes]
         if path.startswith(root + b"/"):
             return root, os.path.dirname(path[len(root) + 1:]), name
     return None
+
+
+class _Abandoned(TransferCancelledError):
+    """Raised in an abandoned run at its next step: it must write nothing more."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"transfer {name!r}: this run was abandoned (stalled and "
+                         "cancelled); it stopped before its next step", transfer=name)
+
+
+class _Fenced:
+    """The journal as one driver writes it: each write checks the driver's fence first,
+    so an abandoned run cannot commit anything once its stuck call returns."""
+
+    _WRITES = frozenset({"set_state", "set_files", "record_event", "add_extents", "claim"})
+
+    def __init__(self, jdb: JournalDB, fence: threading.Event, name: str) -> None:
+        self._jdb = jdb
+        self._fence = fence
+        self._name = name
+
+    def __getattr__(self, attr: str) -> Any:
+        value = getattr(self._jdb, attr)
+        if attr not in self._WRITES:
+            return value
+
+        def guarded(*args: Any, **kwargs: Any) -> Any:
+            if self._fence.is_set():
+                raise _Abandoned(self._name)
+            return value(*args, **kwargs)
+
+        return guarded
 
 
 class _RowName:

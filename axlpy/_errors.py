@@ -12,6 +12,7 @@ AxlError
 │   └─ OwnershipError                    a live process owns the transfer
 ├─ SecurityError(AxlError, PermissionError)
 │                                        a path or journal that could redirect a write
+├─ StalledError(AxlError, TimeoutError)  .transfer, .op, .path, .seconds: no progress
 └─ TransferError                         .transfer, .path; __cause__ = the OSError etc.
     ├─ IOBackendError                    an IO queue reported an error for a request
     ├─ SourceChangedError                a source differs from what was recorded at dispatch
@@ -40,6 +41,7 @@ __all__ = [
     "RetriesExhaustedError",
     "SecurityError",
     "SourceChangedError",
+    "StalledError",
     "TransferCancelledError",
     "TransferError",
     "UsageError",
@@ -163,3 +165,22 @@ class RetriesExhaustedError(TransferError):
 
 class TransferCancelledError(TransferError):
     """The transfer was cancelled: raised by a call that needed it to run to the end."""
+
+
+class StalledError(AxlError, TimeoutError):
+    """A running transfer made no progress (no byte written, no fsync completed) for its
+    ``stall_timeout``: raised by ``wait(raise_on_stall=True)``. ``op`` is the system call
+    a thread of it is blocked in (``write``, ``fsync``, ...; None if none was found),
+    ``path`` the file, ``seconds`` how long nothing happened.
+
+    Not a failure: the transfer is still running (the filesystem may answer yet) and the
+    journal is unchanged but for a ``stall`` event. ``cancel()`` abandons the stuck thread
+    and returns at once (docs/design.md, "Stalls and abandoned threads")."""
+
+    def __init__(self, message: str, *, transfer: str, op: str | None, path: str | None,
+                 seconds: float) -> None:
+        self.transfer = transfer
+        self.op = op
+        self.path = path
+        self.seconds = seconds
+        super().__init__(message)

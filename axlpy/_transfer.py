@@ -28,12 +28,14 @@ from ._driver import Driver, Progress, assign_temps, restat_sources
 from ._errors import (
     AxlError,
     InvalidTransitionError,
+    StalledError,
     TransferCancelledError,
     UsageError,
 )
 from ._journal import FileRow, JournalDB, TransferRow
 from ._retry import InterventionController, RetryEvent, RetryPolicy, call_persistently
 from ._sources import Limits, walk_source
+from ._stall import EV_ABANDON, EV_STALL, EV_STALL_CLEARED, StallInfo, Watchdog
 from ._state import FileState, TransferState
 from .engines import Engine, get_engine
 from .io import IOQueue, open_default_queue, open_queue
@@ -76,6 +78,8 @@ class TransferStatus:
     created_ns: int
     updated_ns: int
     running: bool
+    #: set while the transfer is STALLED (no progress past its ``stall_timeout``)
+    stall: StallInfo | None = None
 
 
 @dataclass(frozen=True)
@@ -246,6 +250,14 @@ class Transfer:
         self._admission: AdmissionStats | None = None
         #: what the transfer's own thread removed and kept when it was cancelled live
         self._cancel_report: CancelReport | None = None
+        # Stall handling: the current stall (None when moving), the running driver, and
+        # one condition that both the end of the run and a stall notify.
+        self._stall: StallInfo | None = None
+        self._run_driver: Driver | None = None
+        self._run_ended: threading.Event | None = None
+        self._watchdog: Watchdog | None = None
+        self._cond = threading.Condition()
+        self._abandoned = False
 
     # -- properties -----------------------------------------------------------------------
 
@@ -428,6 +440,13 @@ class Transfer:
         self._interrupted = False
         self._done.clear()
         self._error = None
+        self._stall = None
+        self._abandoned = False
+        self._run_driver = driver
+        ended = self._run_ended = threading.Event()
+        watchdog = self._watchdog = Watchdog(
+            self.name, float(self._row.options.get("stall_timeout", 300.0)),
+            lambda: driver.progress.last_beat, self._watched_paths, ended, self._on_stall)
 
         def target() -> None:
             try:
@@ -435,15 +454,25 @@ class Transfer:
                     body(driver)
                 except TransferCancelledError:
                     # cancel(), or an operator's "cancel" through the flag file: this
-                    # thread owns the transfer, so it undoes it on disk itself.
-                    if self.state is not _T.CANCELLED and not self._interrupted:
+                    # thread owns the transfer, so it undoes it on disk itself (unless
+                    # the run was abandoned: then the reaper does, once this has ended).
+                    if (self.state is not _T.CANCELLED and not self._interrupted
+                            and not driver.fence.is_set()):
                         self._cancel_report = driver.cancel_on_disk()
             except BaseException as exc:
-                self._error = exc
+                if not driver.fence.is_set():
+                    self._error = exc
             finally:
+                ended.set()
                 with _RUNNING_LOCK:
                     _RUNNING.pop(key, None)
-                self._done.set()
+                with self._cond:
+                    # An abandoned run does not end the transfer: the reaper does.
+                    if not self._abandoned:
+                        self._done.set()
+                    self._cond.notify_all()
+
+        watchdog.start()
 
         if driver.engine.background:
             self._thread = threading.Thread(target=target, name=f"axlpy:{self.name}",
@@ -452,7 +481,34 @@ class Transfer:
                 self._thread.start()  # it, and every thread it starts, inherit the mask
         else:
             target()
+            if driver.fence.is_set():
+                raise TransferCancelledError(f"transfer {self.name!r} was cancelled while "
+                                             "stalled; this run was abandoned",
+                                             transfer=self.name)
             self._raise_error()
+
+    def _watched_paths(self) -> list[str]:
+        """Where this transfer's files are: destination roots and added sources."""
+        opts = self._row.options
+        return [*(opts.get("roots") or []), *(a[0] for a in opts.get("adds") or [])]
+
+    def _on_stall(self, info: StallInfo | None) -> None:
+        """From the watchdog: journal the change, wake wait() and cancel()."""
+        with self._cond:
+            self._stall = info
+            self._cond.notify_all()
+        try:
+            if info is None:
+                self.journal.db.record_event(self._row.id, EV_STALL_CLEARED, None)
+            else:
+                self.journal.db.record_event(self._row.id, EV_STALL, info.to_json())
+        except AxlError:
+            pass  # the report is best effort; the condition above is what callers see
+
+    def _stalled_error(self, info: StallInfo) -> StalledError:
+        return StalledError(f"transfer {self.name!r} is stalled: {info.describe()}",
+                            transfer=self.name, op=info.op, path=info.path,
+                            seconds=info.seconds)
 
     def _raise_error(self) -> None:
         """Raise the background error exactly once (it is cleared before raising)."""
@@ -477,12 +533,37 @@ class Transfer:
                                          transfer=self.name)
         return state is _T.COMPLETED
 
-    def wait(self, timeout: float | None = None) -> None:
+    def wait(self, timeout: float | None = None, *, raise_on_stall: bool = False) -> None:
         """Block until the transfer ends, or raise TimeoutError after ``timeout`` seconds
         (the transfer keeps running). Raises the transfer's error exactly once; returns
         quietly for a CANCELLED transfer (unlike C AXL, so ``stop()`` works). Ctrl-C
         (KeyboardInterrupt) ends the wait at once, even while the copy is busy: the
-        transfer's threads block process-directed signals, so the main thread gets them."""
+        transfer's threads block process-directed signals, so the main thread gets them.
+
+        With ``raise_on_stall``, raise :class:`~axlpy.StalledError` (op, path, seconds)
+        as soon as the transfer is stalled — no progress for its ``stall_timeout`` —
+        instead of blocking on; the transfer keeps running and nothing is written but the
+        journal's ``stall`` event. ``cancel()`` then returns at once."""
+        if raise_on_stall:
+            deadline = None if timeout is None else time.monotonic() + timeout
+            while True:
+                left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                with self._cond:
+                    if not self._cond.wait_for(
+                            lambda: self._done.is_set() or self._stall is not None, left):
+                        raise TimeoutError(f"transfer {self.name!r} still running after "
+                                           f"{timeout}s")
+                if self._done.is_set():
+                    break
+                # Name what is blocked *now* (the watchdog's report may be a beat old);
+                # moving again means the watchdog is about to clear it: wait on.
+                dog = self._watchdog
+                fresh = dog.check() if dog is not None else self._stall
+                if fresh is not None:
+                    raise self._stalled_error(fresh)
+                with self._cond:
+                    self._cond.wait_for(lambda: self._done.is_set() or self._stall is None,
+                                        dog.timeout / 4 if dog is not None else None)
         if not self._done.wait(timeout):
             raise TimeoutError(f"transfer {self.name!r} still running after {timeout}s")
         if self._thread is not None:
@@ -576,6 +657,14 @@ class Transfer:
             self._cancel.set()
             if self._controller is not None:
                 self._controller.cancel()  # wakes operations paused or in backoff
+            with self._cond:
+                self._cond.wait_for(lambda: self._done.is_set() or self._stall is not None
+                                    or self._abandoned)
+                if not self._done.is_set():
+                    # Stalled: the cleanup runs once the stuck call returned (reaper);
+                    # its report is then what wait() ends with. Nothing removed yet.
+                    self._abandon()
+                    return CancelReport(self.name)
             self._done.wait()
             if self._thread is not None:
                 self._thread.join()
@@ -598,6 +687,38 @@ class Transfer:
         # say CREATED while temps and files of the run are on disk.
         self.journal.db.claim(row.id, self.name, force=force)
         return self._driver().cancel_on_disk()
+
+    def _abandon(self) -> None:
+        """Cancel of a stalled run (called holding ``_cond``): fence the stuck run, journal
+        ``abandon`` and leave the cleanup to a reaper thread that first waits for the run
+        to end. The transfer stays owned by this process until then (docs/design.md)."""
+        if self._abandoned:
+            return
+        driver, info = self._run_driver, self._stall
+        assert driver is not None
+        driver.fence.set()
+        self._abandoned = True
+        detail = info.describe() if info else "stalled"
+        self.journal.db.record_event(self._row.id, EV_ABANDON,
+                                     f"stuck thread abandoned by cancel: {detail}")
+        ended = self._run_ended
+        assert ended is not None
+
+        def reap() -> None:
+            try:
+                ended.wait()  # the stuck call returned and the fence stopped the run
+                if self.state not in (_T.CANCELLED, _T.COMPLETED):
+                    self._cancel_report = self._driver().cancel_on_disk()
+            except BaseException as exc:
+                self._error = exc
+            finally:
+                with self._cond:
+                    self._done.set()
+                    self._cond.notify_all()
+
+        self._thread = threading.Thread(target=reap, name=f"axlpy-reaper:{self.name}",
+                                        daemon=True)
+        self._thread.start()
 
     def stop(self) -> None:
         """Cancel if running or unfinished, wait, and free. For AXL_Stop. A transfer that
@@ -643,7 +764,8 @@ class Transfer:
             b, f, rate = max(b, p.bytes_done), max(f, p.files_done), p.rate
         owner = f"{row.owner.pid}@{row.owner.host}" if row.owner else None
         return TransferStatus(row.name, row.type, row.state, f, ft, b, bt, rate, row.error,
-                              owner, row.created_ns, row.updated_ns, self.running)
+                              owner, row.created_ns, row.updated_ns, self.running,
+                              self._stall if self.running else None)
 
     def files(self) -> list[FileStatus]:
         """Per-file detail from the journal."""

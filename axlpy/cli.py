@@ -833,6 +833,7 @@ def _status_doc(j: Journal, row: TransferRow, states: set[str], limit: int | Non
         "transfer": info,
         "files": [_file_info(r) for r in shown],
         "files_omitted": len(files) - len(shown),
+        "stalled": _stall_doc(j, row),
     }
     if events:
         doc["events"] = [
@@ -842,6 +843,19 @@ def _status_doc(j: Journal, row: TransferRow, states: set[str], limit: int | Non
             for e in j.db.events(row.id)
         ]
     return doc
+
+
+def _stall_doc(j: Journal, row: TransferRow) -> dict[str, Any] | None:
+    """STALLED: the owner is alive and its latest stall event is ``stall``."""
+    from ._stall import stall_from_events
+
+    if row.state not in (_T.DISPATCHED, _T.RENAMED, _T.PAUSED) or not _is_live(row):
+        return None
+    info = stall_from_events(j.db.events(row.id))
+    if info is None:
+        return None
+    return {"op": info.op, "path": info.path, "thread": info.thread,
+            "since": _iso(info.since_ns), "seconds": round(info.seconds, 3)}
 
 
 def _print_status(doc: dict[str, Any]) -> None:
@@ -862,6 +876,12 @@ def _print_status(doc: dict[str, Any]) -> None:
         lines.append(f"error     {_safe(i['error'])}")
     if any(i["admission"].values()):
         lines.append(f"admission {_admission_text(i['admission'])}")
+    st = doc.get("stalled")
+    if st:
+        what = (f"{st['op']} of {_show(st['path'])} blocked" if st["op"] and st["path"]
+                else "no blocked system call on its files found")
+        lines.append(f"STALLED   no progress for {_human_duration(st['seconds'])} ({what}); "
+                     "`cancel` abandons the stuck thread")
     for k, step in enumerate(i["next"]):
         lines.append(f"{'next' if k == 0 else '':<9} {step}")
     _say("\n".join(lines))

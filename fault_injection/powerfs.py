@@ -132,6 +132,7 @@ def _op(func: Callable[Concatenate[_PowerOps, P], R]) -> Callable[Concatenate[_P
 
     @functools.wraps(func)
     def wrapper(self: _PowerOps, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        self._hold(func.__name__, args)  # outside the mutex: other operations go on
         with self.mutex:
             if self.dead:
                 raise OSError(errno.EIO, "powerfs: power was cut")
@@ -153,6 +154,10 @@ class _PowerOps:
     def __init__(self, backing: Path, state: Path) -> None:
         self.mutex = threading.RLock()
         self.dead = False
+        # Stall simulation: callbacks named in _held wait until released (block/release).
+        self._gate = threading.Condition()
+        self._held: set[str] = set()
+        self._waiting: list[tuple[str, str]] = []
         self._backing = backing
         self._objects = state / "objects"
         self._rebuild = state / "rebuild"
@@ -167,6 +172,34 @@ class _PowerOps:
         self._next_ino = _ROOT_INO
         self._next_dir_fh = _DIR_FH_BASE
         self._scan()
+
+    # -- stalls ------------------------------------------------------------------------------
+
+    def _hold(self, op: str, args: tuple[Any, ...]) -> None:
+        """Block this callback while ``op`` is held, like a server that stopped answering."""
+        with self._gate:
+            if op not in self._held:
+                return
+            entry = (op, str(args[0]) if args and isinstance(args[0], str) else "")
+            self._waiting.append(entry)
+            self._gate.notify_all()
+            self._gate.wait_for(lambda: op not in self._held)
+            self._waiting.remove(entry)
+
+    def _block(self, ops: Sequence[str]) -> None:
+        with self._gate:
+            self._held.update(ops)
+
+    def _release_held(self) -> None:
+        with self._gate:
+            self._held.clear()
+            self._gate.notify_all()
+
+    def _wait_blocked(self, timeout: float) -> list[tuple[str, str]]:
+        """Wait until some callback is held; the (op, path) of each one held now."""
+        with self._gate:
+            self._gate.wait_for(lambda: bool(self._waiting), timeout)
+            return list(self._waiting)
 
     # -- model -------------------------------------------------------------------------------
 
@@ -756,6 +789,15 @@ class _ControlServer(threading.Thread):
                 answer = {"ok": True, "pending": self._ops.sync_all()}
             elif command == "powercut":
                 answer = {"ok": True, "pending": self._ops.cut_power()}
+            elif command.startswith("block "):
+                self._ops._block(command.split()[1:])
+                answer = {"ok": True}
+            elif command == "release":
+                self._ops._release_held()
+                answer = {"ok": True}
+            elif command.startswith("wait-blocked "):
+                held = self._ops._wait_blocked(float(command.split()[1]))
+                answer = {"ok": True, "blocked": [list(h) for h in held]}
             else:
                 answer = {"ok": False, "error": f"unknown command {command!r}"}
         except Exception as exc:
@@ -955,6 +997,23 @@ class PowerLossFS:
         """Make everything durable now, as if the whole tree had been fsynced."""
         answer = send_command(self.control, "sync", self.timeout)
         return {k: int(v) for k, v in answer["pending"].items()}
+
+    def block(self, *ops: str) -> None:
+        """Make every later call of these operations (FUSE callback names: ``write``,
+        ``fsync``, ``rename``, ...) wait until :meth:`release`, as a hung server would.
+        Other operations go on; a blocked ``fsync`` also stands for ``fdatasync``."""
+        send_command(self.control, "block " + " ".join(ops), self.timeout)
+
+    def release(self) -> None:
+        """Let every blocked and every later call through."""
+        send_command(self.control, "release", self.timeout)
+
+    def wait_blocked(self) -> list[tuple[str, str]]:
+        """Wait (up to ``timeout``) until a call is blocked; ``(op, path)`` of each one
+        blocked now (the path inside the mount). Empty if none got blocked in time."""
+        answer = send_command(self.control, f"wait-blocked {self.timeout}",
+                              self.timeout + 5)
+        return [(op, path) for op, path in answer["blocked"]]
 
     def power_cut(self) -> dict[str, int]:
         """Lose everything not yet durable, like a power failure, and detach the mount.
