@@ -169,6 +169,11 @@ class Watchdog:
         if self.timeout > 0:
             self._thread.start()
 
+    def join(self) -> None:
+        """Wait for the watchdog thread to end (once ``done`` is set)."""
+        if self._thread.is_alive():
+            self._thread.join()
+
     def check(self) -> StallInfo | None:
         """Stalled now? Looks at /proc again, so the answer names the call blocked now."""
         idle = time.monotonic() - self._last_beat()

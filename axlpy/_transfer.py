@@ -464,6 +464,7 @@ class Transfer:
                     self._error = exc
             finally:
                 ended.set()
+                watchdog.join()  # no thread of this run outlives it
                 with _RUNNING_LOCK:
                     _RUNNING.pop(key, None)
                 with self._cond:
