@@ -163,12 +163,14 @@ def test_abandoned_then_process_died_later_resume_completes(
 def test_blocked_calls_names_a_thread_stuck_on_a_file(tmp_path: Path) -> None:
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
+    # A writer end first (O_RDWR never blocks on Linux), so the reader's read() blocks
+    # until data comes instead of seeing end-of-file.
+    wfd = os.open(fifo, os.O_RDWR)
     opened = threading.Event()
     result: list[bytes] = []
 
     def reader() -> None:
-        fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
-        os.set_blocking(fd, True)
+        fd = os.open(fifo, os.O_RDONLY)
         opened.set()
         result.append(os.read(fd, 1))  # blocks until the writer below writes
         os.close(fd)
@@ -176,7 +178,6 @@ def test_blocked_calls_names_a_thread_stuck_on_a_file(tmp_path: Path) -> None:
     th = threading.Thread(target=reader, name="stuck-reader", daemon=True)
     th.start()
     assert opened.wait(30)
-    wfd = os.open(fifo, os.O_WRONLY)
     try:
         # The reader is in read() or about to enter it; /proc shows it once it blocks.
         # Poll that condition (yielding the GIL so the reader can get there), no timing.
