@@ -9,6 +9,9 @@ AxlError
 ├─ AdmissionTimeoutError(AxlError, TimeoutError)
 │                                        an IO queue stayed full past the backoff timeout
 ├─ JournalError                          journal unreadable, corrupt, foreign or too new
+│   ├─ JournalBusyError(JournalError, TimeoutError)
+│   │                                    other users held the journal past the busy timeout
+│   ├─ JournalFullError                  .mount: the journal's filesystem is full
 │   └─ OwnershipError                    a live process owns the transfer
 ├─ SecurityError(AxlError, PermissionError)
 │                                        a path or journal that could redirect a write
@@ -35,7 +38,9 @@ __all__ = [
     "ChecksumMismatchError",
     "IOBackendError",
     "InvalidTransitionError",
+    "JournalBusyError",
     "JournalError",
+    "JournalFullError",
     "OwnershipError",
     "PublishError",
     "RetriesExhaustedError",
@@ -90,8 +95,38 @@ class AdmissionTimeoutError(AxlError, TimeoutError):
 
 class JournalError(AxlError):
     """The journal cannot be used: not an SQLite file, truncated or corrupt, a foreign
-    schema, or a schema newer than this axlpy. The file is never rewritten or replaced
-    when this is raised."""
+    schema, or a schema newer than this axlpy; or it cannot be read or written now (its
+    directory, permissions, a busy or full journal: see the subclasses). The file is
+    never rewritten or replaced when this is raised."""
+
+
+class JournalBusyError(JournalError, TimeoutError):
+    """Other processes or threads kept the journal locked for longer than the busy
+    timeout (``Journal(busy_timeout=...)``, ``$AXLPY_JOURNAL_BUSY_TIMEOUT``, default 30 s).
+
+    Raised only after the timeout: concurrent users of one journal otherwise just wait
+    their turn. The transaction that could not start changed nothing; retrying the call
+    is safe. Not raised for a damaged journal (that is a plain :class:`JournalError`).
+    """
+
+
+class JournalFullError(JournalError):
+    """The filesystem holding the journal (``mount``) has no space left, so a journal
+    transaction could not commit. SQLite rolled it back: the journal holds the state
+    before the call, valid and unchanged. ``transfer`` names the transfer involved (if
+    any) and ``resumable`` says whether it was left dispatched (free space, then resume
+    it) rather than not started (free space, then make the call again). Not raised when
+    a *destination* filesystem is full: that fails the transfer (a TransferError)."""
+
+    def __init__(self, reason: str, *, mount: str, transfer: str | None = None,
+                 resumable: bool = False) -> None:
+        self.reason = reason
+        self.mount = mount
+        self.transfer = transfer
+        self.resumable = resumable
+        then = (f"resume transfer {transfer!r}" if resumable and transfer
+                else "make the call again")
+        super().__init__(f"{reason}. Free space on {mount}, then {then}")
 
 
 class OwnershipError(JournalError):

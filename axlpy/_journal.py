@@ -11,22 +11,35 @@ Tables (schema version :data:`SCHEMA_VERSION` in ``PRAGMA user_version``, axlpy'
 - ``events``: append-only, one row per transition with a timestamp, so ``sqlite3 journal.db
   "select * from events"`` answers "what happened to this transfer".
 
-Every state change is one transaction, committed (``synchronous=FULL`` in WAL mode, so a
-commit is durable when it returns) **before** the side effect it permits. If the process
-dies inside a transaction, SQLite rolls it back: the journal holds the previous state.
-Opening never recreates or overwrites an existing file that is not a valid journal.
+Every state change is one ``BEGIN IMMEDIATE`` transaction, committed (``synchronous=FULL``
+in WAL mode, so a commit is durable when it returns) **before** the side effect it permits.
+If the process dies inside a transaction, SQLite rolls it back: the journal holds the
+previous state. Opening never recreates or overwrites an existing file that is not a valid
+journal, and refuses a main file shorter than its own header says (truncated).
+
+Many processes and threads share one journal. A write transaction takes the write lock
+when it begins (``BEGIN IMMEDIATE``), waiting up to the busy timeout for it: a deferred
+``BEGIN`` that reads first cannot wait, because SQLite cannot upgrade a WAL read snapshot
+that another writer made stale (it fails at once with "database is locked"). A new
+journal's schema is created in one such transaction, in rollback-journal mode, *before*
+WAL is switched on, so concurrent first opens serialise and no process ever sees an
+empty main file beside a ``-wal``. sqlite3 errors leave this module raw; the public API
+maps them (:mod:`axlpy._boundary`).
 """
 
 from __future__ import annotations
 
+import array
 import json
 import os
 import socket
 import sqlite3
+import struct
+import sys
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
 
@@ -153,34 +166,30 @@ class JournalDB:
     """
 
     def __init__(self, path: str | os.PathLike[str], *, create: bool = True,
-                 allow_shared: bool = False) -> None:
+                 allow_shared: bool = False, busy_timeout: float = 30.0) -> None:
         self.path = os.fspath(path)
+        self.busy_timeout = busy_timeout
         self._lock = threading.RLock()
         fresh = self._prepare_file(create, allow_shared)
-        try:
-            conn = sqlite3.connect(
-                self.path, isolation_level=None, check_same_thread=False, timeout=30
-            )
-        except sqlite3.Error as exc:
-            raise JournalError(f"cannot open journal {self.path!r}: {exc}") from exc
+        conn = sqlite3.connect(
+            self.path, isolation_level=None, check_same_thread=False, timeout=busy_timeout
+        )
         self.conn = conn
         self.db = sqlite_utils.Database(conn)
         try:
+            conn.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}").fetchall()
             # Check before configuring: turning WAL on rewrites the file header, and a
             # file that is not ours must be left byte-for-byte untouched.
             empty = fresh or self._is_empty()
             if not empty:
                 self._check_schema()
+            else:
+                self._create_schema()  # unless another process just did
             self._configure()
             if empty:
-                self._create_schema()
-        except sqlite3.DatabaseError as exc:
-            conn.close()
-            raise JournalError(
-                f"journal {self.path!r} is not a usable axlpy journal ({exc}); it was left "
-                "untouched — restore it or point --journal elsewhere"
-            ) from exc
+                self._check_schema()
         except BaseException:
+            # sqlite3 errors are mapped to JournalError & co. by the public API boundary
             conn.close()
             raise
 
@@ -195,13 +204,8 @@ class JournalDB:
             parent = os.path.dirname(os.path.abspath(self.path))
             os.makedirs(parent, mode=0o700, exist_ok=True)
             _check_private(parent, "directory of journal", allow_shared)
-            try:
-                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
-                             0o600)
-            except FileExistsError:
-                return False  # created meanwhile by another process: check it like any other
-            os.close(fd)
-            return True
+            self._create_file(parent)
+            st = os.stat(self.path)
         _check_private(os.path.dirname(os.path.abspath(self.path)), "directory of journal",
                        allow_shared)
         _check_private(self.path, "journal", allow_shared, st)
@@ -217,7 +221,68 @@ class JournalDB:
             raise JournalError(
                 f"{self.path!r} is not an SQLite journal (bad header); it was left untouched"
             )
+        self._check_length(head, st.st_size)
         return False
+
+    def _create_file(self, parent: str) -> None:
+        """Build a complete journal in a private temp beside ``path`` and hard-link it to
+        ``path`` (fails if the name exists): ``path`` never names a half-made journal,
+        so processes opening a new journal at the same time all find either nothing or a
+        whole one; the losers of the race drop their temp and open the winner's."""
+        tmp = os.path.join(parent, f".{os.path.basename(self.path)}.new-{os.getpid()}-"
+                                   f"{os.urandom(4).hex()}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        os.close(fd)
+        try:
+            JournalDB(tmp, create=False, allow_shared=True,
+                      busy_timeout=self.busy_timeout).close()
+            try:
+                os.link(tmp, self.path, follow_symlinks=False)
+            except FileExistsError:
+                return  # another process created it meanwhile: check it like any other
+            dfd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+        finally:
+            for leftover in (tmp, tmp + "-wal", tmp + "-shm", tmp + "-journal"):
+                with suppress(FileNotFoundError):
+                    os.unlink(leftover)
+
+    def _check_length(self, head: bytes, size: int) -> None:
+        """Refuse a main file shorter than the page count in its own header, unless its
+        ``-wal`` holds a valid copy of every missing page.
+
+        SQLite would zero-fill the missing pages (reading garbage as the journal) and
+        write its next checkpoint over them: it would silently rewrite a damaged
+        journal. When the ``-wal`` holds them all, the file is what an interrupted
+        checkpoint leaves and SQLite's recovery gives exactly the last committed state.
+
+        The header count is valid when the change counter (offset 24) equals
+        version-valid-for (offset 92), always so since SQLite 3.7.0; every commit that
+        grows the file updates it, and in WAL mode a checkpoint copies page 1 into the
+        main file (first: it copies in page order) with the pages it counts.
+        """
+        page = int.from_bytes(head[16:18], "big")
+        page = 65536 if page == 1 else page
+        pages = int.from_bytes(head[28:32], "big")
+        if not pages or head[24:28] != head[92:96] or page < 512:
+            return
+        if size >= pages * page:
+            return
+        wal = _wal_pages(self.path + "-wal", page)
+        if wal is not None and all(p in wal[1] for p in range(size // page + 1, wal[0] + 1)):
+            # What an interrupted checkpoint leaves (the filesystem filled up while it
+            # copied pages in page order: page 1 first, the file's growth later): the
+            # -wal holds a valid copy of every missing page, and SQLite finishes the job.
+            return
+        raise JournalError(
+            f"journal {self.path!r} is truncated: {size} bytes, but its header counts "
+            f"{pages} pages of {page} bytes ({pages * page} bytes) and its -wal does not "
+            "hold the rest; it was left untouched — restore it (together with its -wal "
+            "file, if any) or point --journal elsewhere"
+        )
 
     def _configure(self) -> None:
         # A PRAGMA that fails does not raise until its result is fetched: read each back.
@@ -230,7 +295,6 @@ class JournalDB:
         if got != (1 if level == "NORMAL" else 2):
             raise JournalError(f"journal {self.path!r}: synchronous={level} not applied")
         self.conn.execute("PRAGMA foreign_keys=ON").fetchall()
-        self.conn.execute("PRAGMA busy_timeout=30000").fetchall()
 
     def _is_empty(self) -> bool:
         app = self.conn.execute("PRAGMA application_id").fetchone()[0]
@@ -239,7 +303,10 @@ class JournalDB:
 
     def _create_schema(self) -> None:
         db = self.db
-        with self._lock, db.atomic():
+        with self.transaction():
+            # Under the write lock: another process may have created it meanwhile.
+            if not self._is_empty():
+                return
             db.table("transfers").create(
                 {
                     "id": int, "name": str, "type": str, "state": str, "token": str,
@@ -310,21 +377,39 @@ class JournalDB:
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite_utils.Database]:
-        """One durable transaction (under the connection lock)."""
+        """One durable write transaction (under the connection lock), begun with
+        ``BEGIN IMMEDIATE`` so it waits up to the busy timeout for other writers instead
+        of failing on its first write. Nested, it is a savepoint of the outer one.
+        On any error it is rolled back: the journal holds what it held before."""
         with self._lock:
-            if not _PROFILE:
+            if self.conn.in_transaction:
                 with self.db.atomic():
                     yield self.db
                 return
             # Timed from holding the lock to the durable COMMIT, so waits for the lock
             # by other threads are not counted twice.
-            t0 = time.perf_counter()
+            t0 = time.perf_counter() if _PROFILE else 0.0
             try:
-                with self.db.atomic():
+                with self._immediate():
                     yield self.db
             finally:
-                PROFILE_STATS["seconds"] += time.perf_counter() - t0
-                PROFILE_STATS["count"] += 1
+                if _PROFILE:
+                    PROFILE_STATS["seconds"] += time.perf_counter() - t0
+                    PROFILE_STATS["count"] += 1
+
+    @contextmanager
+    def _immediate(self) -> Iterator[None]:
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+            self.conn.execute("COMMIT")
+        except BaseException:
+            # A failed COMMIT (disk full) may or may not have ended the transaction;
+            # a failing ROLLBACK must not hide the error that caused it.
+            if self.conn.in_transaction:
+                with suppress(sqlite3.Error):
+                    self.conn.execute("ROLLBACK")
+            raise
 
     def _event(self, tid: int, event: str, *, file_id: int | None = None,
                frm: str | None = None, to: str | None = None, detail: str | None = None,
@@ -514,9 +599,13 @@ class JournalDB:
 
     # -- files ----------------------------------------------------------------------------
 
-    def add_files(self, tid: int, rows: Sequence[Mapping[str, Any]]) -> None:
-        """Insert PENDING file rows for one ``add()`` in one transaction."""
+    def add_files(self, tid: int, rows: Sequence[Mapping[str, Any]],
+                  options: str | None = None) -> None:
+        """Insert PENDING file rows for one ``add()`` in one transaction, together with
+        the transfer's new ``options`` (JSON) if given: all of it or nothing."""
         with self.transaction() as db:
+            if options is not None:
+                db.execute("UPDATE transfers SET options = ? WHERE id = ?", (options, tid))
             dup = None
             for row in rows:
                 try:
@@ -636,6 +725,56 @@ _CREATED_DIRS_DDL = (
     "CREATE TABLE IF NOT EXISTS created_dirs (transfer_id INTEGER NOT NULL REFERENCES"
     " transfers(id), path BLOB NOT NULL, dev INTEGER NOT NULL, ino INTEGER NOT NULL,"
     " PRIMARY KEY (transfer_id, path))")
+
+
+def _wal_checksum(data: bytes, s0: int, s1: int, big_endian: bool) -> tuple[int, int]:
+    words = array.array("I", data)
+    if big_endian != (sys.byteorder == "big"):
+        words.byteswap()
+    for i in range(0, len(words), 2):
+        s0 = (s0 + words[i] + s1) & 0xFFFFFFFF
+        s1 = (s1 + words[i + 1] + s0) & 0xFFFFFFFF
+    return s0, s1
+
+
+def _wal_pages(path: str, page: int) -> tuple[int, set[int]] | None:
+    """``(pages in the database after the last valid commit, pages with a frame in a
+    committed transaction)`` of the ``-wal`` file at ``path``, read the way SQLite's
+    recovery reads it (header and cumulative frame checksums, salts); None if there is
+    no such file or it holds no valid commit. Read-only."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        return None
+    if len(data) < 32:
+        return None
+    magic, _, size, _, salt1, salt2, c1, c2 = struct.unpack(">8I", data[:32])
+    if magic & 0xFFFFFFFE != 0x377F0682 or size != page:
+        return None
+    big = bool(magic & 1)
+    s0, s1 = _wal_checksum(data[:24], 0, 0, big)
+    if (s0, s1) != (c1, c2):
+        return None
+    committed: set[int] = set()
+    pending: set[int] = set()
+    npages = 0
+    off = 32
+    while off + 24 + page <= len(data):
+        pgno, commit, f1, f2, fc1, fc2 = struct.unpack(">6I", data[off:off + 24])
+        if (f1, f2) != (salt1, salt2) or pgno == 0:
+            break
+        s0, s1 = _wal_checksum(data[off:off + 8], s0, s1, big)
+        s0, s1 = _wal_checksum(data[off + 24:off + 24 + page], s0, s1, big)
+        if (s0, s1) != (fc1, fc2):
+            break
+        pending.add(pgno)
+        if commit:
+            committed |= pending
+            pending = set()
+            npages = commit
+        off += 24 + page
+    return (npages, committed) if npages else None
 
 
 def _transfer_row(r: Sequence[Any]) -> TransferRow:

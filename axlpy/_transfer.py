@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ._admission import AdmissionStats, AdmittedIOQueue, BoundedAdmission
+from ._boundary import ErrorContext, public_api
 from ._cancel import CancelReport
 from ._config import default_journal_path, effective_options
 from ._driver import Driver, Progress, assign_temps, restat_sources
@@ -114,21 +115,35 @@ _RUNNING: dict[tuple[str, str], Transfer] = {}
 _RUNNING_LOCK = threading.Lock()
 
 
+@public_api
 class Journal:
     """One journal file holding many transfers.
 
     Opening checks the file: a non-SQLite file, a truncated or corrupt journal, a foreign
     or newer schema raise :class:`~axlpy.JournalError` and the file is left untouched. A
-    missing file is created (mode 0600) unless ``create=False``.
+    missing file is created (mode 0600) unless ``create=False``; several processes may
+    create it at once.
+
+    Many processes and threads may use one journal at once (each write is one
+    ``BEGIN IMMEDIATE`` transaction); a writer waits up to ``busy_timeout`` seconds
+    (default ``$AXLPY_JOURNAL_BUSY_TIMEOUT``, else 30) for the others, then raises
+    :class:`~axlpy.JournalBusyError` having changed nothing. No ``sqlite3`` or bare
+    ``OSError`` escapes any method: each is mapped to an :class:`~axlpy.AxlError`
+    (:class:`~axlpy.JournalFullError` when the journal's filesystem is full).
     """
 
     def __init__(self, path: str | os.PathLike[str] | None = None, *, create: bool = True,
-                 allow_shared: bool | None = None) -> None:
+                 allow_shared: bool | None = None, busy_timeout: float | None = None) -> None:
         self.path = os.path.abspath(os.fspath(path) if path is not None
                                     else default_journal_path())
+        self.busy_timeout = _busy_timeout(busy_timeout)
         if allow_shared is None:
             allow_shared = os.environ.get("AXLPY_ALLOW_SHARED_JOURNAL", "") == "1"
-        self.db = JournalDB(self.path, create=create, allow_shared=allow_shared)
+        self.db = JournalDB(self.path, create=create, allow_shared=allow_shared,
+                            busy_timeout=self.busy_timeout)
+
+    def _error_context(self, op: str) -> ErrorContext:
+        return ErrorContext(self.path, getattr(self, "busy_timeout", None), op=op)
 
     def create(self, name: str, type: TransferType | str = TransferType.DEFAULT, *,
                on_progress: Callable[[Progress], None] | None = None,
@@ -192,6 +207,22 @@ class Journal:
         self.close()
 
 
+def _busy_timeout(value: float | None) -> float:
+    if value is None:
+        env = os.environ.get("AXLPY_JOURNAL_BUSY_TIMEOUT", "")
+        if not env:
+            return 30.0
+        try:
+            value = float(env)
+        except ValueError:
+            raise UsageError(
+                f"AXLPY_JOURNAL_BUSY_TIMEOUT={env!r} is not a number of seconds"
+            ) from None
+    if not value >= 0:
+        raise UsageError(f"busy_timeout must be >= 0 seconds, not {value!r}")
+    return float(value)
+
+
 def _type_name(t: TransferType | str) -> str:
     try:
         return TransferType(str(t).lower()).value
@@ -225,6 +256,7 @@ def _async_signals_blocked() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
+@public_api
 class Transfer:
     """One transfer. Obtain it from :meth:`Journal.create` or :meth:`Journal.open`."""
 
@@ -278,6 +310,14 @@ class Transfer:
     def running(self) -> bool:
         return not self._done.is_set()
 
+    def _error_context(self, op: str) -> ErrorContext:
+        def resumable() -> bool:
+            state = self.journal.db.transfer_by_id(self._row.id).state
+            return state not in (_T.CREATED, _T.COMPLETED, _T.CANCELLED)
+
+        return ErrorContext(self.journal.path, self.journal.busy_timeout, self._row.name,
+                            resumable, op)
+
     def _refresh(self) -> TransferRow:
         self._row = self.journal.db.transfer_by_id(self._row.id)
         return self._row
@@ -303,8 +343,7 @@ class Transfer:
         rows = list(walk_source(s, d, symlinks=row.options.get("symlinks", "copy"),
                                 limits=limits or Limits()))
         # Record the destination root (resume never writes outside the recorded roots)
-        # and what this add named (move mode deletes only inside it) *before* the rows:
-        # a crash in between leaves an unused entry, never a row outside the roots.
+        # and what this add named (move mode deletes only inside it) with the rows.
         before = json.loads(json.dumps(row.options))
         root = os.fsdecode(rows[0]["root"])
         roots: list[str] = row.options.setdefault("roots", [])
@@ -312,12 +351,12 @@ class Transfer:
             roots.append(root)
         row.options.setdefault("adds", []).append(
             [os.fsdecode(rows[0]["src"]), os.fsdecode(rows[0]["dst"]), rows[0]["kind"]])
-        self._save_options(row)
         try:
-            self.journal.db.add_files(row.id, rows)
+            # One transaction: the options and the rows, or (on any error) neither.
+            self.journal.db.add_files(row.id, rows,
+                                      options=json.dumps(row.options, sort_keys=True))
         except BaseException:
             row.options = before
-            self._save_options(row)
             raise
         return len(rows)
 

@@ -45,7 +45,9 @@ from ._driver import Progress
 from ._errors import (
     AxlError,
     BackendUnavailableError,
+    JournalBusyError,
     JournalError,
+    JournalFullError,
     OwnershipError,
     SecurityError,
     TransferError,
@@ -234,8 +236,13 @@ def _hint(exc: BaseException) -> str:
     if isinstance(exc, OwnershipError):
         return ("wait for it (axlpy status --watch NAME); --force takes over a transfer "
                 "whose owner is on another host and known dead")
-    if isinstance(exc, SecurityError):
+    if isinstance(exc, SecurityError | JournalBusyError):
         return ""  # the message already says what to do
+    if isinstance(exc, JournalFullError):
+        then = (f"`{_cmd('resume', exc.transfer)}`" if exc.resumable and exc.transfer
+                else f"run `{shlex.join(['axlpy', *_ARGV])}` again" if _ARGV
+                else "run the same command again")
+        return f"free space on {exc.mount}, then {then}"
     if isinstance(exc, JournalError):
         msg, path = str(exc), _journal_path()
         if "--journal" in msg:
@@ -253,7 +260,8 @@ def _hint(exc: BaseException) -> str:
 
 
 def _one_line(exc: BaseException) -> str:
-    msg = " ".join(str(exc).split()) or type(exc).__name__
+    text = exc.reason if isinstance(exc, JournalFullError) else str(exc)
+    msg = " ".join(text.split()) or type(exc).__name__
     hint = _hint(exc)
     return f"{msg}; {hint}" if hint else msg
 
@@ -1009,6 +1017,10 @@ def resume(name: str, force: bool, progress: str) -> None:
         if row.state is _T.COMPLETED:
             _say(f"axlpy: {_safe(name)}: already COMPLETED; nothing to do", err=True)
             return
+        if row.state is _T.CREATED:
+            raise UsageError(f"transfer {name!r} was never dispatched: nothing was copied, "
+                             f"so there is nothing to resume; `{_cmd('free', name)}` "
+                             "forgets it, then copy again")
         published = sum(r.size for r in j.db.files(row.id, [_F.PUBLISHED])
                         if r.kind == "file")
         reporter = _Reporter(name, progress, baseline=j.db.progress(row.id)[0],
@@ -1319,6 +1331,9 @@ def verify(name: str | None, manifest_dir: str | None, partial: bool,
         if "state" in doc and not doc["complete"] and not doc["mismatches"]:
             if doc["state"] == _T.CANCELLED.value:
                 _say("the transfer was cancelled: there is nothing to verify")
+            elif doc["state"] == _T.CREATED.value:
+                _say("the transfer was never dispatched: nothing was copied "
+                     f"(`{_cmd('free', doc['transfer'])}` forgets it)")
             elif not partial:
                 _say(f"the transfer is {doc['state']}, not COMPLETED (resume it, or "
                            "pass --partial to check only what is published)")
@@ -1650,8 +1665,13 @@ def _unlink_same_inode(p: bytes, st: os.stat_result) -> bool:
 # -- entry point ---------------------------------------------------------------------------
 
 
+#: the arguments of this process's command, for advice that says "run it again"
+_ARGV: list[str] = []
+
+
 def main(argv: list[str] | None = None) -> None:
     """The ``axlpy`` console script (and ``python -m axlpy``)."""
+    _ARGV[:] = sys.argv[1:] if argv is None else argv
     cli.main(args=argv, prog_name="axlpy")
 
 
