@@ -143,7 +143,8 @@ class Journal:
                             busy_timeout=self.busy_timeout)
 
     def _error_context(self, op: str) -> ErrorContext:
-        return ErrorContext(self.path, getattr(self, "busy_timeout", None), op=op)
+        return ErrorContext(getattr(self, "path", "?"), getattr(self, "busy_timeout", None),
+                            op=op)
 
     def create(self, name: str, type: TransferType | str = TransferType.DEFAULT, *,
                on_progress: Callable[[Progress], None] | None = None,
