@@ -316,8 +316,10 @@ class Transfer:
             state = self.journal.db.transfer_by_id(self._row.id).state
             return state not in (_T.CREATED, _T.COMPLETED, _T.CANCELLED)
 
-        return ErrorContext(self.journal.path, self.journal.busy_timeout, self._row.name,
-                            resumable, op)
+        journal = getattr(self, "journal", None)
+        row = getattr(self, "_row", None)
+        return ErrorContext(getattr(journal, "path", "?"), getattr(journal, "busy_timeout", None),
+                            row.name if row is not None else None, resumable, op)
 
     def _refresh(self) -> TransferRow:
         self._row = self.journal.db.transfer_by_id(self._row.id)
@@ -331,7 +333,8 @@ class Transfer:
 
         ``dst`` is the full destination path (for a directory: the directory to create or
         fill). Returns the number of entries added. On disk: nothing but one committed
-        transaction of PENDING rows — all of this add's entries or none of them.
+        transaction of PENDING rows and the destination root — all of this add's entries
+        or none of them (so after :class:`~axlpy.JournalFullError` nothing was added).
         Raises :class:`~axlpy.BadSourceError` for a missing, unreadable or special source,
         a source equal to (or containing) its destination, or a file whose destination is
         an existing directory; :class:`~axlpy.UsageError` for a destination added twice.
