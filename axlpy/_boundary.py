@@ -145,6 +145,8 @@ def map_error(exc: BaseException, ctx: ErrorContext) -> BaseException:
         return exc
     if isinstance(exc, sqlite3.Error):
         return _map_sqlite(exc, ctx)
+    if isinstance(exc, TimeoutError) and exc.errno is None:
+        return exc  # wait(timeout=...) ran out: an answer, not an error from below
     if isinstance(exc, OSError):
         return _map_os(exc, ctx)
     return exc

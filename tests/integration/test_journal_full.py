@@ -280,6 +280,14 @@ def test_every_error_from_below_is_mapped(tmp_path, exc, expected):
     assert "\n" not in str(out)
 
 
+def test_wait_timeout_is_not_mapped(tmp_path):
+    """``wait(timeout=)`` running out raises the builtin TimeoutError, as documented."""
+    from axlpy._boundary import ErrorContext, map_error
+
+    exc = TimeoutError("transfer 't' still running")
+    assert map_error(exc, ErrorContext(str(tmp_path / "j.db"), 1.0, "t")) is exc
+
+
 def test_every_sqlite3_error_class_is_mapped(tmp_path):
     from axlpy._boundary import ErrorContext, map_error
 
