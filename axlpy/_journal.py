@@ -21,10 +21,10 @@ Many processes and threads share one journal. A write transaction takes the writ
 when it begins (``BEGIN IMMEDIATE``), waiting up to the busy timeout for it: a deferred
 ``BEGIN`` that reads first cannot wait, because SQLite cannot upgrade a WAL read snapshot
 that another writer made stale (it fails at once with "database is locked"). A new
-journal's schema is created in one such transaction, in rollback-journal mode, *before*
-WAL is switched on, so concurrent first opens serialise and no process ever sees an
-empty main file beside a ``-wal``. sqlite3 errors leave this module raw; the public API
-maps them (:mod:`axlpy._boundary`).
+journal is built complete in a private temp and hard-linked into place, so processes
+opening it for the first time at once find nothing or a whole journal, never a half-made
+one. sqlite3 errors leave this module raw; the public API maps them
+(:mod:`axlpy._boundary`).
 """
 
 from __future__ import annotations
