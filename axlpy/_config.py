@@ -11,6 +11,7 @@ import os
 from typing import Any
 
 from ._errors import UsageError
+from ._lease import DEFAULT_LEASE_S
 
 __all__ = ["DEFAULTS", "config", "default_journal_path", "effective_options"]
 
@@ -29,6 +30,9 @@ DEFAULTS: dict[str, Any] = {
     # seconds without a byte written or an fsync done before a running transfer is
     # reported STALLED (docs/design.md "Stalls and abandoned threads"); 0 = never
     "stall_timeout": 300.0,
+    # seconds an owner's lease lasts without a heartbeat (renewed every fifth of it while
+    # running); an expired lease is dead wherever its host is (docs/design.md, Ownership)
+    "lease_timeout": DEFAULT_LEASE_S,
     # retry.* keys for every engine read/write (docs/retry.md); AXLPY_RETRY_* env wins
     "retry": {},
 }
@@ -61,6 +65,14 @@ def _coerce(key: str, value: Any) -> Any:
         return f
     if key == "retry":
         return _coerce_retry(value)
+    if key == "lease_timeout":
+        try:
+            f = float(value)
+        except (TypeError, ValueError):
+            raise UsageError(f"config lease_timeout must be seconds, got {value!r}") from None
+        if not f > 0:
+            raise UsageError(f"config lease_timeout must be positive, got {f}")
+        return f
     if key in _BOOL_KEYS:
         if isinstance(value, str):
             return value.strip().lower() in ("1", "true", "yes", "on")

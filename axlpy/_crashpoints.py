@@ -20,6 +20,9 @@ import signal
 __all__ = ["CRASH_POINTS", "crash_point", "reset_for_tests"]
 
 CRASH_POINTS: dict[str, str] = {
+    # opening an older journal
+    "migrate.before_commit": "schema migration steps run, their transaction not committed",
+    "migrate.after_commit": "schema migrated to the current version (durable)",
     # create / add
     "create.after_commit": "transfer row CREATED is durable",
     "add.after_commit": "file rows PENDING for one add() are durable",
@@ -41,6 +44,8 @@ CRASH_POINTS: dict[str, str] = {
     "move.after_unlink": "one source deleted (move mode)",
     "move.after_dir_fsync": "source directories fsynced after deletes",
     "complete.after_commit": "transfer COMPLETED is durable",
+    # MPI commit marker
+    "marker.after_temp_fsync": "commit marker temp written and fsynced, not yet renamed",
     # cancel
     "cancel.after_unlink_temp": "one temp file removed by cancel",
     "cancel.after_unlink_final": "one published file (verified ours) removed by cancel",

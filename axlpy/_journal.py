@@ -4,7 +4,8 @@ Tables (schema version :data:`SCHEMA_VERSION` in ``PRAGMA user_version``, axlpy'
 ``PRAGMA application_id`` :data:`APPLICATION_ID`):
 
 - ``transfers``: one row per transfer: unique ``name``, ``type``, ``state``, options (JSON),
-  the destination roots recorded at create time, owner (pid, host, process start time).
+  the destination roots recorded at create time, owner (pid, host, process start time)
+  and its lease (last heartbeat, length; :mod:`axlpy._lease`).
 - ``files``: one row per file, directory or symlink: ``src``, ``dst`` (BLOB: any byte
   sequence a POSIX name can hold), the temp basename, size, mtime_ns, mode, CRC32C, state.
 - ``extents``: the CRC32C of each fixed-size extent of a file's temp as it became durable.
@@ -15,7 +16,9 @@ Every state change is one ``BEGIN IMMEDIATE`` transaction, committed (``synchron
 in WAL mode, so a commit is durable when it returns) **before** the side effect it permits.
 If the process dies inside a transaction, SQLite rolls it back: the journal holds the
 previous state. Opening never recreates or overwrites an existing file that is not a valid
-journal, and refuses a main file shorter than its own header says (truncated).
+journal, and refuses a main file shorter than its own header says (truncated). An
+older schema is migrated on open (:mod:`axlpy._migrations`, one transaction); a newer one
+is refused.
 
 Many processes and threads share one journal. A write transaction takes the write lock
 when it begins (``BEGIN IMMEDIATE``), waiting up to the busy timeout for it: a deferred
@@ -32,7 +35,6 @@ from __future__ import annotations
 import array
 import json
 import os
-import socket
 import sqlite3
 import struct
 import sys
@@ -47,6 +49,8 @@ import sqlite_utils
 
 from ._crashpoints import crash_point
 from ._errors import JournalError, OwnershipError, SecurityError
+from ._lease import DEFAULT_LEASE_S, Owner, now_ns
+from ._migrations import SCHEMA_VERSION, apply_steps, migrate
 from ._planted import planted
 from ._state import (
     FileState,
@@ -57,7 +61,6 @@ from ._state import (
 
 __all__ = ["APPLICATION_ID", "SCHEMA_VERSION", "FileRow", "JournalDB", "Owner", "TransferRow"]
 
-SCHEMA_VERSION = 1
 APPLICATION_ID = 0x41584C50  # "AXLP"
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 
@@ -65,42 +68,6 @@ _SQLITE_MAGIC = b"SQLite format 3\x00"
 #: BEGIN to durable COMMIT, summed over the process (read by ``bench/``)
 _PROFILE = os.environ.get("AXLPY_PROFILE_JOURNAL", "") == "1"
 PROFILE_STATS: dict[str, float] = {"seconds": 0.0, "count": 0}
-
-
-@dataclass(frozen=True)
-class Owner:
-    """Who works on a transfer: a process on a host, identified beyond pid reuse."""
-
-    pid: int
-    host: str
-    start: str  # boot id + process start time, so a recycled pid is not mistaken for it
-
-    @classmethod
-    def me(cls) -> Owner:
-        return cls(os.getpid(), socket.gethostname(), _process_start(os.getpid()))
-
-    def alive(self) -> bool | None:
-        """True/False if decidable from here; None if it runs on another host."""
-        if self.host != socket.gethostname():
-            return None
-        try:
-            os.kill(self.pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            pass  # exists, owned by someone else
-        return _process_start(self.pid) == self.start
-
-
-def _process_start(pid: int) -> str:
-    try:
-        with open("/proc/sys/kernel/random/boot_id") as f:
-            boot = f.read().strip()
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            fields = f.read().rsplit(b")", 1)[1].split()
-        return f"{boot}:{int(fields[19])}"
-    except (OSError, IndexError, ValueError):
-        return ""
 
 
 @dataclass
@@ -170,6 +137,8 @@ class JournalDB:
         self.path = os.fspath(path)
         self.busy_timeout = busy_timeout
         self._lock = threading.RLock()
+        #: schema versions this open migrated the journal through (empty: none)
+        self.migrated: list[int] = []
         fresh = self._prepare_file(create, allow_shared)
         conn = sqlite3.connect(
             self.path, isolation_level=None, check_same_thread=False, timeout=busy_timeout
@@ -182,12 +151,15 @@ class JournalDB:
             # file that is not ours must be left byte-for-byte untouched.
             empty = fresh or self._is_empty()
             if not empty:
-                self._check_schema()
+                version = self._check_schema()
             else:
                 self._create_schema()  # unless another process just did
             self._configure()
             if empty:
-                self._check_schema()
+                version = self._check_schema()
+            if version < SCHEMA_VERSION:
+                with self._lock:
+                    self.migrated = migrate(self.conn)
         except BaseException:
             # sqlite3 errors are mapped to JournalError & co. by the public API boundary
             conn.close()
@@ -343,9 +315,11 @@ class JournalDB:
             )
             db.table("events").create_index(["transfer_id"])
             db.execute(f"PRAGMA application_id={APPLICATION_ID}")
-            db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            # The tables above are schema 1; the migrations build the rest in this same
+            # transaction, so a fresh journal and an upgraded one are the same schema.
+            apply_steps(self.conn, 1)
 
-    def _check_schema(self) -> None:
+    def _check_schema(self) -> int:
         app = self.conn.execute("PRAGMA application_id").fetchone()[0]
         ver = self.conn.execute("PRAGMA user_version").fetchone()[0]
         if app != APPLICATION_ID:
@@ -358,7 +332,7 @@ class JournalDB:
                 f"journal {self.path!r} has schema version {ver}, newer than this axlpy "
                 f"understands ({SCHEMA_VERSION}); upgrade axlpy"
             )
-        if ver < SCHEMA_VERSION:  # pragma: no cover - no older schema exists yet
+        if ver < 1:
             raise JournalError(f"journal {self.path!r} has unknown old schema {ver}")
         bad = self.conn.execute("PRAGMA quick_check").fetchall()
         if bad != [("ok",)]:
@@ -368,6 +342,7 @@ class JournalDB:
         missing = {"transfers", "files", "extents", "events"} - set(self.db.table_names())
         if missing:
             raise JournalError(f"journal {self.path!r} lacks tables {sorted(missing)}")
+        return int(ver)
 
     def close(self) -> None:
         with self._lock:
@@ -442,18 +417,14 @@ class JournalDB:
     def transfer(self, name: str) -> TransferRow | None:
         with self._lock:
             r = self.conn.execute(
-                "SELECT id, name, type, state, token, options, created_ns, updated_ns,"
-                " owner_pid, owner_host, owner_start, error FROM transfers WHERE name = ?",
-                (name,),
+                f"SELECT {_TRANSFER_COLS} FROM transfers WHERE name = ?", (name,),
             ).fetchone()
         return _transfer_row(r) if r else None
 
     def transfer_by_id(self, tid: int) -> TransferRow:
         with self._lock:
             r = self.conn.execute(
-                "SELECT id, name, type, state, token, options, created_ns, updated_ns,"
-                " owner_pid, owner_host, owner_start, error FROM transfers WHERE id = ?",
-                (tid,),
+                f"SELECT {_TRANSFER_COLS} FROM transfers WHERE id = ?", (tid,),
             ).fetchone()
         if r is None:
             raise JournalError(f"transfer id {tid} vanished from journal {self.path!r}")
@@ -462,8 +433,7 @@ class JournalDB:
     def transfers(self) -> list[TransferRow]:
         with self._lock:
             rows = self.conn.execute(
-                "SELECT id, name, type, state, token, options, created_ns, updated_ns,"
-                " owner_pid, owner_host, owner_start, error FROM transfers ORDER BY id"
+                f"SELECT {_TRANSFER_COLS} FROM transfers ORDER BY id"
             ).fetchall()
         return [_transfer_row(r) for r in rows]
 
@@ -483,10 +453,13 @@ class JournalDB:
             sets = "state = ?, updated_ns = ?, error = ?"
             args: list[Any] = [to.value, now, error]
             if owner is None:
-                sets += ", owner_pid = NULL, owner_host = NULL, owner_start = NULL"
+                sets += (", owner_pid = NULL, owner_host = NULL, owner_start = NULL,"
+                         " owner_heartbeat_ns = NULL, owner_lease_ns = NULL")
             elif isinstance(owner, Owner):
-                sets += ", owner_pid = ?, owner_host = ?, owner_start = ?"
-                args += [owner.pid, owner.host, owner.start]
+                sets += (", owner_pid = ?, owner_host = ?, owner_start = ?,"
+                         " owner_heartbeat_ns = ?, owner_lease_ns = ?")
+                args += [owner.pid, owner.host, owner.start, now_ns(),
+                         owner.lease_ns or int(DEFAULT_LEASE_S * 1e9)]
             cur = db.execute(
                 f"UPDATE transfers SET {sets} WHERE id = ? AND state = ?",
                 (*args, tid, frm.value),
@@ -502,39 +475,64 @@ class JournalDB:
     def claim(self, tid: int, name: str, *, force: bool = False) -> Owner:
         """Make this process the owner of ``tid`` (durable), unless a live process owns it.
 
-        Raises :class:`OwnershipError` naming the owner. A dead owner's transfer, or (with
-        ``force``) one whose owner runs on another host, is taken over and the takeover
-        journaled as an event.
+        Raises :class:`OwnershipError` naming the owner and its lease. A dead owner's
+        transfer — its process gone on this host, or its lease expired wherever it runs
+        (:mod:`axlpy._lease`) — or, with ``force``, one whose owner runs on another host
+        with a fresh lease, is taken over and the takeover journaled as an event. A live
+        owner on this host is never taken over. The new lease lasts the transfer's
+        ``lease_timeout`` option (seconds).
         """
-        me = Owner.me()
         with self.transaction() as db:
             r = db.execute(
-                "SELECT owner_pid, owner_host, owner_start FROM transfers WHERE id = ?", (tid,)
+                "SELECT owner_pid, owner_host, owner_start, owner_heartbeat_ns,"
+                " owner_lease_ns, options FROM transfers WHERE id = ?", (tid,)
             ).fetchone()
+            lease_s = DEFAULT_LEASE_S
+            if r is not None:
+                lease_s = float(json.loads(r[5]).get("lease_timeout") or DEFAULT_LEASE_S)
+            me = Owner.me(lease_s)
             if r and r[0] is not None:
-                cur = Owner(r[0], r[1], r[2] or "")
+                cur = Owner(r[0], r[1], r[2] or "", r[3], r[4])
                 if cur != me:
                     alive = cur.alive()
                     if alive or (alive is None and not force):
-                        where = "" if alive else " (on another host; force=True takes over)"
+                        where = "" if alive else (
+                            " (on another host; force=True takes over, or wait until "
+                            "its lease expires)")
                         raise OwnershipError(
-                            f"transfer {name!r} is owned by live process pid {cur.pid} on "
-                            f"host {cur.host}{where}"
-                        )
-                    self._event(tid, "takeover", detail=f"from pid {cur.pid}@{cur.host}")
+                            f"transfer {name!r} is owned by live process "
+                            f"{cur.describe()}{where}")
+                    why = ("lease expired" if cur.host != me.host and alive is False
+                           else "forced" if alive is None else "owner dead")
+                    self._event(tid, "takeover",
+                                detail=f"from pid {cur.pid}@{cur.host} ({why})")
             db.execute(
-                "UPDATE transfers SET owner_pid = ?, owner_host = ?, owner_start = ? "
-                "WHERE id = ?",
-                (me.pid, me.host, me.start, tid),
+                "UPDATE transfers SET owner_pid = ?, owner_host = ?, owner_start = ?,"
+                " owner_heartbeat_ns = ?, owner_lease_ns = ? WHERE id = ?",
+                (me.pid, me.host, me.start, me.heartbeat_ns, me.lease_ns, tid),
             )
         return me
+
+    def renew(self, tid: int, owner: Owner) -> bool:
+        """Renew ``owner``'s lease on ``tid`` (durable); False if it no longer owns it."""
+        with self.transaction() as db:
+            cur = db.execute(
+                "UPDATE transfers SET owner_heartbeat_ns = ? WHERE id = ? AND owner_pid = ?"
+                " AND owner_host = ? AND owner_start = ?",
+                (now_ns(), tid, owner.pid, owner.host, owner.start),
+            )
+            return cur.rowcount == 1
+
+    def owner(self, tid: int) -> Owner | None:
+        return self.transfer_by_id(tid).owner
 
     def release(self, tid: int) -> None:
         """Clear the owner (durable): any process may now resume or cancel."""
         me = Owner.me()
         with self.transaction() as db:
             db.execute(
-                "UPDATE transfers SET owner_pid = NULL, owner_host = NULL, owner_start = NULL"
+                "UPDATE transfers SET owner_pid = NULL, owner_host = NULL, owner_start = NULL,"
+                " owner_heartbeat_ns = NULL, owner_lease_ns = NULL"
                 " WHERE id = ? AND owner_pid = ? AND owner_host = ?",
                 (tid, me.pid, me.host),
             )
@@ -726,6 +724,11 @@ _CREATED_DIRS_DDL = (
     " transfers(id), path BLOB NOT NULL, dev INTEGER NOT NULL, ino INTEGER NOT NULL,"
     " PRIMARY KEY (transfer_id, path))")
 
+_TRANSFER_COLS = (
+    "id, name, type, state, token, options, created_ns, updated_ns, owner_pid, owner_host,"
+    " owner_start, error, owner_heartbeat_ns, owner_lease_ns"
+)
+
 
 def _wal_checksum(data: bytes, s0: int, s1: int, big_endian: bool) -> tuple[int, int]:
     words = array.array("I", data)
@@ -778,7 +781,7 @@ def _wal_pages(path: str, page: int) -> tuple[int, set[int]] | None:
 
 
 def _transfer_row(r: Sequence[Any]) -> TransferRow:
-    owner = Owner(r[8], r[9], r[10] or "") if r[8] is not None else None
+    owner = Owner(r[8], r[9], r[10] or "", r[12], r[13]) if r[8] is not None else None
     return TransferRow(r[0], r[1], r[2], TransferState(r[3]), r[4], json.loads(r[5]),
                        r[6], r[7], owner, r[11])
 

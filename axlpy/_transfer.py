@@ -34,6 +34,7 @@ from ._errors import (
     UsageError,
 )
 from ._journal import FileRow, JournalDB, TransferRow
+from ._lease import HEARTBEAT, Owner
 from ._retry import InterventionController, RetryEvent, RetryPolicy, call_persistently
 from ._sources import Limits, walk_source
 from ._stall import EV_ABANDON, EV_STALL, EV_STALL_CLEARED, StallInfo, Watchdog
@@ -389,10 +390,11 @@ class Transfer:
         if not files:
             raise UsageError(f"transfer {self.name!r} has no files; add() some first")
         extra = restat_sources(files) + assign_temps(files, row.token, row.id)
-        from ._journal import Owner
+        from ._lease import DEFAULT_LEASE_S
 
+        lease_s = float(row.options.get("lease_timeout") or DEFAULT_LEASE_S)
         self.journal.db.set_state(row.id, _T.CREATED, _T.DISPATCHED, event="dispatch",
-                                  owner=Owner.me(), name=self.name, extra=extra)
+                                  owner=Owner.me(lease_s), name=self.name, extra=extra)
         from ._crashpoints import crash_point
 
         crash_point("dispatch.after_commit")
@@ -491,7 +493,12 @@ class Transfer:
             self.name, float(self._row.options.get("stall_timeout", 300.0)),
             lambda: driver.progress.last_beat, self._watched_paths, ended, self._on_stall)
 
+        # Renew this process's lease while the transfer runs here (docs/design.md).
+        owner = self._row.owner if self._row.owner == Owner.me() else None
+
         def target() -> None:
+            if owner is not None:
+                HEARTBEAT.hold(self.journal.db, self._row.id, owner)
             try:
                 try:
                     body(driver)
@@ -508,6 +515,7 @@ class Transfer:
             finally:
                 ended.set()
                 watchdog.join()  # no thread of this run outlives it
+                HEARTBEAT.drop(self.journal.db, self._row.id)
                 with _RUNNING_LOCK:
                     _RUNNING.pop(key, None)
                 with self._cond:

@@ -234,8 +234,9 @@ class CliUsageError(CliError):
 def _hint(exc: BaseException) -> str:
     """What to do next, for the errors a person can act on."""
     if isinstance(exc, OwnershipError):
-        return ("wait for it (axlpy status --watch NAME); --force takes over a transfer "
-                "whose owner is on another host and known dead")
+        return ("wait for it (axlpy status --watch NAME), or until its owner's lease "
+                "expires (a dead owner on another node stops renewing it); --force takes "
+                "over a transfer whose owner is on another host and known dead")
     if isinstance(exc, SecurityError | JournalBusyError):
         return ""  # the message already says what to do
     if isinstance(exc, JournalFullError):
@@ -449,13 +450,18 @@ def _row(j: Journal, name: str) -> TransferRow:
 def _owner_info(o: Owner | None) -> dict[str, Any] | None:
     if o is None:
         return None
-    return {"pid": o.pid, "host": o.host, "alive": o.alive()}
+    age = o.lease_age_s()
+    return {"pid": o.pid, "host": o.host, "alive": o.alive(),
+            "lease_age_s": None if age is None else round(age, 3),
+            "lease_s": None if o.lease_ns is None else o.lease_ns / 1e9}
 
 
 def _owner_text(info: dict[str, Any] | None) -> str:
     if info is None:
         return "-"
     alive = {True: "alive", False: "dead", None: "other host"}[info["alive"]]
+    if info.get("lease_age_s") is not None and info["alive"] is not True:
+        alive += f", lease renewed {info['lease_age_s']:.0f}s ago"
     return f"{info['pid']}@{info['host']} ({alive})"
 
 
@@ -1000,7 +1006,8 @@ def status(name: str, as_json: bool, states: tuple[str, ...], limit: int | None,
 @cli.command(epilog=EXIT_CODES_HELP)
 @click.argument("name")
 @click.option("--force", is_flag=True, help="Take over a transfer whose owner runs on "
-              "another host (only if you know that process is dead).")
+              "another host before its lease expires (only if you know that process is "
+              "dead).")
 @click.option("--progress", type=click.Choice(["auto", "bar", "lines", "none"]),
               default="auto", show_default=True, help=_PROGRESS_HELP)
 @_common_options
@@ -1033,7 +1040,8 @@ def resume(name: str, force: bool, progress: str) -> None:
 @cli.command(epilog=EXIT_CODES_HELP)
 @click.argument("name")
 @click.option("--force", is_flag=True, help="Take over a transfer whose owner runs on "
-              "another host (only if you know that process is dead).")
+              "another host before its lease expires (only if you know that process is "
+              "dead).")
 @_common_options
 @_handle_errors
 def cancel(name: str, force: bool) -> None:

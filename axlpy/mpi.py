@@ -17,7 +17,10 @@ Failure policy (``on_failure``, stored in every rank's journal at create):
 
 - ``"keep"`` (default): no marker; each rank lets its transfer settle (finish or fail)
   and leaves it resumable. A later ``CommTransfer.open(...).resume()`` (or
-  :func:`finish`) completes the failed ranks, skips the finished ones, and commits.
+  :func:`finish`) completes the failed ranks, skips the finished ones, and commits. Every
+  :meth:`CommTransfer.add` is recorded in the rank's journal *before* it runs, so a rank
+  whose ``add()`` failed (a missing source) replays its recorded adds on resume: fix the
+  source and re-run the job.
 - ``"cancel"``: no marker; every rank cancels (temps and the files it published removed,
   each verified to be still its own by size and CRC32C). A cancelled checkpoint is gone.
 """
@@ -320,7 +323,10 @@ class CommTransfer:
         An error here is *not* raised: it is remembered and raised by the next
         :meth:`dispatch` on every rank (as :class:`CollectiveError` naming this rank), so
         no rank is left waiting in a collective. Returns the number of entries added
-        (0 after an error). On disk: as :meth:`axlpy.Transfer.add`.
+        (0 after an error). On disk: the add (source, destination, limits) is first
+        recorded in this rank's journal, then as :meth:`axlpy.Transfer.add`; an add that
+        failed stays recorded, and :meth:`resume` replays it (so re-running the job after
+        fixing the source completes the checkpoint).
         """
         if self._deferred is not None:
             return 0
@@ -331,7 +337,9 @@ class CommTransfer:
                                  f"{self.checkpoint_dir!r}")
             if d == os.path.join(self.checkpoint_dir, MARKER):
                 raise UsageError(f"{MARKER} is reserved for the commit marker")
-            return self.transfer.add(src, dst, limits=limits or Limits())
+            lim = limits or Limits()
+            _record_add(self.transfer, os.path.abspath(os.fsdecode(src)), d, lim)
+            return self.transfer.add(src, dst, limits=lim)
         except Exception as exc:
             self._deferred = exc
             return 0
@@ -416,13 +424,20 @@ class CommTransfer:
         if failures:
             self._fail("dispatch", failures, err)
 
-    def resume(self) -> None:
+    def resume(self, *, force: bool = False) -> None:
         """Collective: finish after a crash or failure, from each rank's journal.
 
-        A rank whose transfer is COMPLETED does nothing; CREATED is dispatched; anything
+        A rank whose transfer is COMPLETED does nothing; CREATED replays the recorded
+        adds that did not happen (an ``add()`` that failed) and is dispatched; anything
         else resumes (verifying what it finds, see :meth:`axlpy.Transfer.resume`). Then
         call :meth:`wait`, which commits once all ranks agree. A checkpoint already
         committed is left as it is; one that was cancelled raises everywhere.
+
+        Ownership: a rank's transfer whose owner is dead (gone on this node, or its lease
+        expired wherever it ran) is taken over; one owned by a process on another node
+        whose lease is still fresh raises ``OwnershipError`` (inside the CollectiveError)
+        unless ``force`` — pass it when the job that owned it is known dead (the
+        scheduler ended it) and this job restarts on other nodes.
         """
         def local() -> None:
             self._check_not_discarded()
@@ -432,8 +447,11 @@ class CommTransfer:
             if state is _T.CANCELLED:
                 raise InvalidTransitionError(f"resume transfer {self.name!r}", state.value,
                                              "resumed (it was cancelled)")
-            self._start(self.transfer.dispatch if state is _T.CREATED
-                        else self.transfer.resume)
+            if state is _T.CREATED:
+                _replay_adds(self.transfer)
+                self._start(self.transfer.dispatch)
+            else:
+                self._start(lambda: self.transfer.resume(force=force))
 
         _, failures, err = _agree(self.comm, local)
         if failures:
@@ -704,6 +722,34 @@ def _entry(r: FileRow, rank: int, root: bytes) -> ManifestEntry | None:
                          None if r.kind == "dir" else r.crc32c)
 
 
+def _record_add(transfer: Transfer, src: str, dst: str, limits: Limits) -> None:
+    """Record an add in the rank's journal before it runs (one commit)."""
+    row = transfer._refresh()
+    info = row.options.get("mpi")
+    if not isinstance(info, dict):
+        return
+    info.setdefault("adds", []).append(
+        {"src": src, "dst": dst, "max_entries": limits.max_entries,
+         "max_depth": limits.max_depth})
+    transfer._save_options(row)
+
+
+def _replay_adds(transfer: Transfer) -> int:
+    """Add again every recorded add of a CREATED transfer that left no rows (it failed,
+    or the job died before it ran), in the recorded order; returns how many."""
+    row = transfer._refresh()
+    info = row.options.get("mpi") or {}
+    done = {os.path.abspath(a[1]) for a in row.options.get("adds", [])}
+    n = 0
+    for a in info.get("adds", []):
+        if os.path.abspath(a["dst"]) in done:
+            continue
+        transfer.add(a["src"], a["dst"], limits=Limits(a["max_entries"], a["max_depth"]))
+        transfer.journal.db.record_event(row.id, "mpi.replay_add", a["dst"])
+        n += 1
+    return n
+
+
 def _rank_journals(journal_dir: str) -> dict[int, str]:
     found = {}
     for n in os.listdir(journal_dir):
@@ -726,7 +772,8 @@ def pending_names(comm: Comm | None, journal_dir: str | os.PathLike[str]) -> lis
 
 
 def finish(journal_dir: str | os.PathLike[str], name: str, *,
-           on_progress: Callable[[Any], None] | None = None) -> Manifest:
+           on_progress: Callable[[Any], None] | None = None,
+           force: bool = False) -> Manifest:
     """Single process, no MPI: finish transfer ``name`` of every rank journal in
     ``journal_dir`` and write the commit marker.
 
@@ -734,6 +781,8 @@ def finish(journal_dir: str | os.PathLike[str], name: str, *,
     transfer is resumed in turn (ranks already COMPLETED are only read), then the marker is
     written exactly as the collective commit does. Needs every rank's journal
     (``rank-0.db`` .. ``rank-<n-1>.db``) and every rank's sources still readable from here.
+    A rank whose ``add()`` failed replays its recorded adds. ``force`` takes over ranks
+    whose owner runs on another node with a fresh lease (see :meth:`CommTransfer.resume`).
 
     Raises:
         UsageError: a rank journal is missing, or the transfer was cancelled.
@@ -774,10 +823,11 @@ def finish(journal_dir: str | os.PathLike[str], name: str, *,
             if state is _T.CANCELLED:
                 raise UsageError(f"rank {rank}: transfer {name!r} was cancelled")
             if state is _T.CREATED:
+                _replay_adds(t)
                 t.dispatch()
                 t.wait()
             elif state is not _T.COMPLETED:
-                t.resume()
+                t.resume(force=force)
                 t.wait()
             entries += rank_entries(journals[rank], t, rank, ckpt)
         m = write_manifest(ckpt, build_manifest(name, size, entries, meta,
@@ -808,6 +858,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     f = sub.add_parser("finish", help="finish a dead job's transfer from its rank journals")
     f.add_argument("journal_dir")
     f.add_argument("name")
+    f.add_argument("--force", action="store_true",
+                   help="take over ranks owned on another node before their lease expires "
+                   "(only if that job is known dead)")
     args = p.parse_args(argv)
     try:
         if args.cmd == "latest":
@@ -823,7 +876,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"  {prob}")
             return 0 if res.valid else 1
         else:
-            m = finish(args.journal_dir, args.name)
+            m = finish(args.journal_dir, args.name, force=args.force)
             print(f"committed {m.name}: {len(m.entries)} entries, {m.total_bytes} bytes, "
                   f"{m.nranks} ranks")
     except (AxlError, OSError) as exc:

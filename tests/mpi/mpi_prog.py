@@ -57,6 +57,7 @@ def main() -> int:
     # applies it, first opens the gate and waits for its copy to finish: the copy completes
     # between the policy's look at the state and the cancel (a race no timing can force).
     p.add_argument("--late-rank", type=int, default=-1)
+    p.add_argument("--force", action="store_true", help="resume(force=True)")
     a = p.parse_args()
     global _WORKDIR
     _WORKDIR = a.workdir
@@ -81,12 +82,16 @@ def main() -> int:
         try:
             ct = amp.CommTransfer.open(comm, "ckpt", journal_dir=jdir)
             before = ct.transfer.state.value
-            ct.resume()
-            m = ct.wait(timeout=60)
+            ct.resume(force=True) if a.force else ct.resume()
+            m = ct.wait(timeout=120)
             report(rank, ok=True, before=before, entries=len(m.entries),
-                   events=[e["event"] for e in ct.transfer.events()])
+                   events=[e["event"] for e in ct.transfer.events()],
+                   takeovers=[e["detail"] for e in ct.transfer.events()
+                              if e["event"] == "takeover"])
         except axlpy.AxlError as exc:
-            report(rank, ok=False, error=type(exc).__name__, message=str(exc))
+            failures = getattr(exc, "failures", {})
+            report(rank, ok=False, error=type(exc).__name__, message=str(exc),
+                   failures={str(k): v for k, v in failures.items()})
         return 0
 
     make_sources(w, rank, a.files, a.size)

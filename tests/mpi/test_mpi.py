@@ -1,4 +1,4 @@
-"""axlpy.mpi under a real ``mpiexec -n 2`` / ``-n 4`` (the pip-installed MPICH).
+"""axlpy.mpi under a real ``mpiexec -n 2`` / ``-n 4`` / ``-n 8`` (the pip-installed MPICH).
 
 Each test launches ``mpi_prog.py`` as a real MPI job in a subprocess with a timeout, then
 checks what every rank reported and what is on disk: the commit marker, the checkpoint
@@ -40,15 +40,21 @@ pytestmark = [
 ]
 
 
-def run(n: int, *args: str, expect_ok: bool = True) -> dict[int, dict[str, Any]]:
-    """Run ``mpiexec -n n python mpi_prog.py args``; return each rank's result."""
+def run(n: int, *args: str, expect_ok: bool = True,
+        host: str | None = None) -> dict[int, dict[str, Any]]:
+    """Run ``mpiexec -n n python mpi_prog.py args``; return each rank's result. ``host``
+    is the node identity every rank reports (``AXLPY_HOST_ID``): a re-run with another
+    one is a restart on other nodes."""
     work = Path(args[1])
     for old in work.glob("result-*.json"):
         old.unlink()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AXLPY_CRASH")}
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("AXLPY_CRASH") and k != "AXLPY_HOST_ID"}
+    if host is not None:
+        env["AXLPY_HOST_ID"] = host
     assert MPIEXEC is not None
     p = subprocess.run([MPIEXEC, "-n", str(n), sys.executable, str(PROG), *args],
-                       capture_output=True, text=True, timeout=90, env=env)
+                       capture_output=True, text=True, timeout=60 + 20 * n, env=env)
     results = {}
     for f in work.glob("result-*.json"):
         d = json.loads(f.read_text())
@@ -93,7 +99,8 @@ def assert_checkpoint_matches_sources(w: Path, n: int) -> None:
     assert {e.rank for e in res.manifest.entries} == set(range(n))
 
 
-@pytest.mark.parametrize(("n", "ttype"), [(2, "sync"), (2, "default"), (4, "pthread")])
+@pytest.mark.parametrize(("n", "ttype"), [(2, "sync"), (2, "default"), (4, "pthread"),
+                                         (8, "pthread")])
 def test_all_ranks_succeed_commit_marker(work: Path, n: int, ttype: str) -> None:
     results = run(n, "ok", str(work), "--type", ttype)
     assert all(r["ok"] and r["state"] == "COMPLETED" for r in results.values())
@@ -169,9 +176,64 @@ def test_keep_policy_then_fix_and_resume_commits(work: Path) -> None:
     assert_checkpoint_matches_sources(work, n)
 
 
+@pytest.mark.parametrize("n", [2, 8])
+def test_keep_policy_failed_add_is_replayed_when_the_job_reruns(work: Path, n: int) -> None:
+    """A rank whose add() failed (source missing) is CREATED with no files; after the
+    source is restored, re-running the job replays its recorded add and commits."""
+    bad = n - 1
+    results = run(n, "missing", str(work), "--bad-rank", str(bad), "--policy", "keep")
+    assert all(not r["ok"] for r in results.values())
+    assert results[bad]["state"] == "CREATED"
+    # the source appears (same bytes as the rank's usual sources), the job is re-run
+    shutil.copytree(work / "src" / f"rank-{bad}", work / "src" / "no-such-dir")
+    results = run(n, "resume", str(work))
+    assert all(r["ok"] for r in results.values()), results
+    assert results[bad]["before"] == "CREATED"
+    assert "mpi.replay_add" in results[bad]["events"]
+    assert_checkpoint_matches_sources(work, n)
+
+
+def _age_leases(w: Path, n: int, seconds: float) -> None:
+    """Make every rank's owner lease ``seconds`` older (what time does on a real
+    cluster while the dead job's nodes are gone), written into the journals."""
+    import sqlite3
+
+    for r in range(n):
+        c = sqlite3.connect(amp.journal_path(w / "journals", r))
+        with c:
+            c.execute("UPDATE transfers SET owner_heartbeat_ns = owner_heartbeat_ns - ?",
+                      (int(seconds * 1e9),))
+        c.close()
+
+
+@pytest.mark.parametrize(("n", "how"), [(2, "force"), (4, "expiry"), (8, "force")])
+def test_restart_on_other_nodes_takes_over_by_force_or_lease_expiry(
+        work: Path, n: int, how: str) -> None:
+    bad = n - 1
+    run(n, "crash", str(work), "--bad-rank", str(bad), "--crash-at", "stage.after_write",
+        "--files", "4", "--size", str(1 << 20), expect_ok=False, host="node-a")
+    # the job restarts on other nodes, soon: the dead rank's lease is still fresh
+    results = run(n, "resume", str(work), host="node-b")
+    for r in results.values():
+        assert not r["ok"] and r["error"] == "CollectiveError", r
+        assert "OwnershipError" in r["failures"][str(bad)]
+        assert "on host node-a" in r["failures"][str(bad)]
+    assert not (ckpt(work) / _manifest.MARKER).exists()
+    if how == "force":
+        results = run(n, "resume", str(work), "--force", host="node-b")
+    else:
+        _age_leases(work, n, 301)  # the default lease is 300 s
+        results = run(n, "resume", str(work), host="node-b")
+    assert all(r["ok"] for r in results.values()), results
+    why = "forced" if how == "force" else "lease expired"
+    assert any(f"node-a ({why})" in d for d in results[bad]["takeovers"])
+    assert_checkpoint_matches_sources(work, n)
+
+
 @pytest.mark.parametrize(("n", "bad", "point", "hit"), [
     (2, 1, "publish.after_rename", 1),
     (4, 3, "stage.after_write", 2),
+    (8, 5, "stage.after_write", 1),
 ])
 def test_rank_sigkilled_mid_transfer_then_job_rerun_resumes(
         work: Path, n: int, bad: int, point: str, hit: int) -> None:
