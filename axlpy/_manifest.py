@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ._checksum import crc32c, file_crc32c
+from ._crashpoints import crash_point
 from ._errors import AxlError
 from ._staging import create_temp, fsync_dir, fsync_fd, unlink_quiet
 
@@ -55,6 +56,10 @@ MARKER = "_AXLPY_COMMIT.json"
 #: The ``format`` field of every marker this axlpy writes.
 FORMAT = "axlpy-commit/1"
 _TEMP_PREFIX = "." + MARKER + ".axlpy-"
+#: Name prefix of the marker's temp (``._AXLPY_COMMIT.json.axlpy-<8 hex>``): a commit
+#: killed between the temp and its rename leaves one; ``axlpy gc`` and the next commit in
+#: that directory remove it.
+MARKER_TEMP_PREFIX = _TEMP_PREFIX.encode()
 _KINDS = ("file", "dir", "symlink")
 
 
@@ -192,8 +197,9 @@ def write_manifest(checkpoint_dir: str | os.PathLike[str], manifest: Manifest, *
     Raises:
         OSError: the directory is missing or a write, fsync or rename failed. The temp is
             removed; whatever marker was there before (or none) is still there. If the
-            process dies instead, at most a hidden temp is left, which readers ignore and
-            the next write replaces by a new one.
+            process dies instead, at most a hidden temp is left, which readers ignore;
+            the next write in this directory removes it (before its own temp), and so
+            does ``axlpy gc``.
     """
     path = os.fspath(checkpoint_dir)
     if keep_existing:
@@ -210,6 +216,9 @@ def write_manifest(checkpoint_dir: str | os.PathLike[str], manifest: Manifest, *
     tmp = (_TEMP_PREFIX + secrets.token_hex(4)).encode()
     dfd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
+        for stale in os.listdir(dfd):  # temps of commits killed before their rename
+            if stale.startswith(_TEMP_PREFIX):
+                unlink_quiet(dfd, stale.encode())
         fd = create_temp(dfd, tmp)
         try:
             try:
@@ -220,6 +229,7 @@ def write_manifest(checkpoint_dir: str | os.PathLike[str], manifest: Manifest, *
                 fsync_fd(fd)
             finally:
                 os.close(fd)
+            crash_point("marker.after_temp_fsync")
             os.rename(tmp, MARKER, src_dir_fd=dfd, dst_dir_fd=dfd)
         except BaseException:
             unlink_quiet(dfd, tmp)

@@ -54,6 +54,7 @@ from ._errors import (
     UsageError,
 )
 from ._journal import FileRow, Owner, TransferRow
+from ._manifest import MARKER_TEMP_PREFIX
 from ._staging import TEMP_PATTERN
 from ._state import FileState, TransferState
 from ._transfer import Journal, Transfer, TransferType
@@ -1495,19 +1496,38 @@ def _open_inodes() -> set[tuple[int, int]]:
     return out
 
 
-def _find_temps(top: bytes) -> Iterator[tuple[bytes, os.stat_result, tuple[str, int, int]]]:
-    """Every entry below ``top`` (symlinks not followed) named like an axlpy temp."""
+def _find_temps(top: bytes) -> Iterator[tuple[bytes, os.stat_result,
+                                             tuple[str, int, int] | None]]:
+    """Every entry below ``top`` (symlinks not followed) named like an axlpy temp: a
+    file's (with its token, transfer id, file id) or a commit marker's (None)."""
     for dirpath, _dirs, names in os.walk(top, followlinks=False):
         for n in names:
             m = TEMP_PATTERN.search(n)
-            if m is None or not n.startswith(b"."):
+            marker = n.startswith(MARKER_TEMP_PREFIX)
+            if (m is None or not n.startswith(b".")) and not marker:
                 continue
             p = os.path.join(dirpath, n)
             try:
                 st = os.lstat(p)
             except FileNotFoundError:
                 continue
-            yield p, st, (m.group(1).decode(), int(m.group(2)), int(m.group(3)))
+            if marker or m is None:
+                yield p, st, None
+            else:
+                yield p, st, (m.group(1).decode(), int(m.group(2)), int(m.group(3)))
+
+
+def _classify_marker_temp(age: float, is_open: bool,
+                          min_age: float) -> tuple[str, bool, str, None]:
+    """A commit marker's temp belongs to no journal: a commit killed before its rename
+    left it (readers ignore it); only a commit running now could still rename it."""
+    if is_open:
+        return "open", False, "a process on this host has it open", None
+    if age < min_age:
+        return ("recent", False, f"commit marker temp modified {_human_age(age)} ago "
+                f"(< --min-age {min_age:g}s): a commit may be writing it", None)
+    return ("marker", True, f"temp of a commit marker whose commit never renamed it; "
+            f"modified {_human_age(age)} ago", None)
 
 
 def _classify(token: str, tid: int, by_token: dict[str, TransferRow], age: float,
@@ -1549,6 +1569,8 @@ def _still_deletable(p: bytes, st: os.stat_result, token: str, tid: int,
         return False
     if (now.st_dev, now.st_ino) in _open_inodes():
         return False
+    if cls == "marker":
+        return True
     if j is None:
         return cls == "unknown"
     row = next((r for r in j.db.transfers() if r.token == token and r.id == tid), None)
@@ -1574,11 +1596,13 @@ def gc(directory: str, do_delete: bool, include_resumable: bool, min_age: float,
     """Find temp files left under DIR by transfers that are no longer alive.
 
     Temps are found by name (.NAME.axlpy-TOKEN-ID-FILEID) and matched to transfers in the
-    journal. Never removed: a temp of a transfer whose owner is alive (or on another
-    host), a temp some process has open, a temp unknown to the journal and younger than
-    --min-age, and (unless --include-resumable) a temp a resume would reuse. Also
-    finishes prune's trash directories (.axlpy-trash.*: checkpoints an interrupted
-    prune had already renamed away for deletion). Dry run unless --delete.
+    journal; a commit marker's temp (._AXLPY_COMMIT.json.axlpy-*, left by a commit killed
+    before its rename) is removable once older than --min-age. Never removed: a temp of a
+    transfer whose owner is alive (or on another host), a temp some process has open, a
+    temp unknown to the journal and younger than --min-age, and (unless
+    --include-resumable) a temp a resume would reuse. Also finishes prune's trash
+    directories (.axlpy-trash.*: checkpoints an interrupted prune had already renamed
+    away for deletion). Dry run unless --delete.
     """
     top = os.path.abspath(os.fsencode(directory))
     if not os.path.isdir(top):
@@ -1590,11 +1614,16 @@ def gc(directory: str, do_delete: bool, include_resumable: bool, min_age: float,
         opened = _open_inodes()
         now = time.time()
         entries = []
-        for p, st, (token, tid, fid) in _find_temps(top):
+        for p, st, ident in _find_temps(top):
             age = now - st.st_mtime
-            cls, deletable, reason, row = _classify(
-                token, tid, by_token, age, (st.st_dev, st.st_ino) in opened, min_age,
-                include_resumable, path)
+            token, tid, fid = ident or ("", 0, 0)
+            if ident is None:
+                cls, deletable, reason, row = _classify_marker_temp(
+                    age, (st.st_dev, st.st_ino) in opened, min_age)
+            else:
+                cls, deletable, reason, row = _classify(
+                    token, tid, by_token, age, (st.st_dev, st.st_ino) in opened, min_age,
+                    include_resumable, path)
             action = "delete" if deletable else "keep"
             if deletable and do_delete:
                 if _still_deletable(p, st, token, tid, j, cls):

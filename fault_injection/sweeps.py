@@ -27,6 +27,7 @@ from .runner import (
 from .scenarios import SCENARIOS, Scenario, build
 
 __all__ = [
+    "COVERED_BY_TESTS",
     "KillCase",
     "baseline_case",
     "code_crash_points",
@@ -230,6 +231,14 @@ def recovery_kill_cases(first: list[CaseResult], cases: list[CaseFn], *,
     return out
 
 
+#: registered points outside a single transfer's life, which the transfer scenarios here
+#: cannot reach: each is SIGKILLed and recovered by the named test instead
+COVERED_BY_TESTS: dict[str, str] = {
+    "migrate.before_commit": "tests/unit/test_migrations.py (schema-1 fixture)",
+    "migrate.after_commit": "tests/unit/test_migrations.py (schema-1 fixture)",
+    "marker.after_temp_fsync": "tests/mpi/test_mpi.py (killed commit, then gc / next commit)",
+}
+
 _CP_RE = re.compile(r"crash_point\(\s*[\"']([^\"']+)[\"']\s*\)")
 
 
@@ -254,7 +263,7 @@ def coverage(results: Iterable[CaseResult]) -> CaseResult:
     registered = set(CRASH_POINTS)
     in_code = code_crash_points()
     probs = []
-    never = sorted(registered - reached)
+    never = sorted(registered - reached - set(COVERED_BY_TESTS))
     if never:
         probs.append(f"registered crash points never reached by any scenario: {never}")
     unreg = sorted(in_code - registered)

@@ -303,3 +303,35 @@ def test_straggler_timeout_names_the_slow_rank(work: Path, n: int) -> None:
         assert f"rank {bad} (" in r["message"] and "still transferring" in r["message"]
     # the slow rank was released and the second wait() committed
     assert_checkpoint_matches_sources(work, n)
+
+
+@pytest.mark.parametrize("cleanup", ["gc", "next-commit"])
+def test_commit_killed_between_marker_temp_and_rename(work: Path, cleanup: str) -> None:
+    """Rank 0 dies after the marker's temp is fsynced, before its rename: no marker, a
+    hidden temp; ``axlpy gc`` finds and removes it, and so does the next commit."""
+    from click.testing import CliRunner
+
+    from axlpy.cli import cli
+
+    run(2, "crash", str(work), "--bad-rank", "0", "--crash-at", "marker.after_temp_fsync",
+        expect_ok=False)
+    assert not (ckpt(work) / _manifest.MARKER).exists()
+    temps = sorted(p.name for p in ckpt(work).glob("._AXLPY_COMMIT.json.axlpy-*"))
+    assert len(temps) == 1
+    assert _manifest.latest_valid_checkpoint(work / "shared") is None
+    env = {"AXLPY_JOURNAL": str(work / "no-journal" / "j.db")}
+    r = CliRunner().invoke(cli, ["gc", "--min-age", "0", "--json", str(work / "shared")],
+                           env=env)
+    assert r.exit_code == 0, r.output
+    found = [t for t in json.loads(r.output)["temps"] if t["class"] == "marker"]
+    assert [Path(t["path"]).name for t in found] == temps
+    assert found[0]["action"] == "delete"
+    if cleanup == "gc":
+        r = CliRunner().invoke(cli, ["gc", "--min-age", "0", "--delete", str(work / "shared")],
+                               env=env)
+        assert r.exit_code == 0 and "1 deleted" in r.output, r.output
+        assert not list(ckpt(work).glob("._AXLPY_COMMIT.json.axlpy-*"))
+    results = run(2, "resume", str(work))
+    assert all(r["ok"] for r in results.values()), results
+    assert_checkpoint_matches_sources(work, 2)
+    assert not list(ckpt(work).glob("._AXLPY_COMMIT.json.axlpy-*"))

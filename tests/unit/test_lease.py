@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
 import axlpy
 from axlpy import _lease
@@ -19,7 +20,6 @@ from axlpy._journal import JournalDB
 from axlpy._lease import HEARTBEAT, Owner
 from axlpy._state import TransferState as T
 from axlpy.cli import cli
-from click.testing import CliRunner
 
 LEASE_S = 60.0
 

@@ -39,7 +39,7 @@ def _columns(path: str) -> set[str]:
 def test_steps_are_ordered_and_end_at_schema_version():
     versions = [m.version for m in MIGRATIONS]
     assert versions == sorted(set(versions)) and versions[0] == 2
-    assert SCHEMA_VERSION == versions[-1]
+    assert versions[-1] == SCHEMA_VERSION
 
 
 def test_schema1_fixture_migrates_and_resumes_to_identical_bytes(tmp_path):
@@ -67,7 +67,7 @@ def test_schema1_fixture_migrates_and_resumes_to_identical_bytes(tmp_path):
         assert "takeover" in events
         for rel, size in fx.SOURCES.items():
             assert (dst / rel).read_bytes() == fx.content(rel, size), rel
-        assert not [p for p in dst.rglob(".*axlpy-*")]
+        assert not list(dst.rglob(".*axlpy-*"))
         # the sources were never touched
         for rel, size in fx.SOURCES.items():
             src = Path(fx.ROOT, "src", rel)
@@ -75,7 +75,7 @@ def test_schema1_fixture_migrates_and_resumes_to_identical_bytes(tmp_path):
             assert src.stat().st_mtime_ns == fx.MTIME_NS
 
 
-@pytest.mark.parametrize("point,version", [("migrate.before_commit", 1),
+@pytest.mark.parametrize(("point", "version"), [("migrate.before_commit", 1),
                                            ("migrate.after_commit", SCHEMA_VERSION)])
 def test_migration_killed_leaves_old_or_new_schema_never_half(tmp_path, point, version):
     with fx.locked():
