@@ -47,6 +47,7 @@ from typing import Any
 
 import sqlite_utils
 
+from . import _fstype
 from ._crashpoints import crash_point
 from ._errors import JournalError, OwnershipError, SecurityError
 from ._lease import DEFAULT_LEASE_S, Owner, now_ns
@@ -139,6 +140,10 @@ class JournalDB:
         self._lock = threading.RLock()
         #: schema versions this open migrated the journal through (empty: none)
         self.migrated: list[int] = []
+        #: the filesystem the journal is on; on a shared one, ``exclusive`` says whether
+        #: this connection holds the journal alone (:mod:`axlpy._fstype`)
+        self.fs = self._placement()
+        self.exclusive = self.fs.shared and _fstype.policy() == "exclusive"
         fresh = self._prepare_file(create, allow_shared)
         conn = sqlite3.connect(
             self.path, isolation_level=None, check_same_thread=False, timeout=busy_timeout
@@ -147,6 +152,12 @@ class JournalDB:
         self.db = sqlite_utils.Database(conn)
         try:
             conn.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}").fetchall()
+            if self.exclusive:
+                # Before the first read: then SQLite never maps a -shm file.
+                got = conn.execute("PRAGMA locking_mode=EXCLUSIVE").fetchone()[0]
+                if str(got).lower() != "exclusive":
+                    raise JournalError(f"journal {self.path!r}: locking_mode=EXCLUSIVE "
+                                       f"not applied (got {got!r})")
             # Check before configuring: turning WAL on rewrites the file header, and a
             # file that is not ours must be left byte-for-byte untouched.
             empty = fresh or self._is_empty()
@@ -166,6 +177,21 @@ class JournalDB:
             raise
 
     # -- opening --------------------------------------------------------------------------
+
+    def _placement(self) -> _fstype.FsInfo:
+        """Where the journal is; refuse a shared filesystem if the policy says so."""
+        d = os.path.dirname(os.path.abspath(self.path))
+        while not os.path.isdir(d) and os.path.dirname(d) != d:
+            d = os.path.dirname(d)
+        fs = _fstype.detect(d)
+        if fs.shared and _fstype.policy() == "refuse":
+            raise JournalError(
+                f"journal {self.path!r} is on {fs.name} (statfs magic {fs.magic:#x}), a "
+                "network or parallel filesystem where SQLite's WAL index cannot be shared "
+                "between nodes; put the journal on a node-local disk (AXLPY_JOURNAL, or "
+                "axlpy.mpi's journal_dir), or set AXLPY_JOURNAL_ON_SHARED_FS=exclusive to "
+                "use it from one process at a time (docs/operators-guide.md)")
+        return fs
 
     def _prepare_file(self, create: bool, allow_shared: bool) -> bool:
         try:

@@ -1,7 +1,8 @@
 """Collective transfers over an MPI communicator, with one all-or-nothing global commit.
 
 Like C AXL's ``AXL_*_comm``: every rank transfers its own files with its own journal
-(``<journal_dir>/rank-<r>.db``; never one SQLite file shared by ranks), and each
+(``<journal_dir>/rank-<r>.db``; never one SQLite file shared by ranks; by default
+``journal_dir`` is node-local, :func:`default_journal_dir`), and each
 collective call returns the *agreement* of all ranks: it succeeds everywhere or raises
 :class:`CollectiveError` everywhere, naming each failed rank and its error.
 
@@ -65,6 +66,7 @@ __all__ = [
     "RetentionPolicy",
     "StragglerTimeoutError",
     "check_checkpoint",
+    "default_journal_dir",
     "finish",
     "journal_path",
     "latest_valid_checkpoint",
@@ -134,9 +136,35 @@ class RankCountError(UsageError):
             f"(python -m axlpy.mpi finish {journal_dir} {name})")
 
 
-def journal_path(journal_dir: str | os.PathLike[str], rank: int) -> str:
-    """The journal file of ``rank``: ``<journal_dir>/rank-<rank>.db``."""
-    return os.path.join(os.path.abspath(os.fspath(journal_dir)), f"rank-{rank}.db")
+def default_journal_dir() -> str:
+    """Where rank journals go when no ``journal_dir`` is given: ``$AXLPY_MPI_JOURNAL_DIR``,
+    else node-local ``${TMPDIR:-/tmp}/axlpy-<uid>/mpi``. Node-local is the safe default
+    for SQLite (docs/mpi.md, "Where the journals go"); a job that must resume on other
+    nodes passes a shared ``journal_dir`` instead (then each journal is held by one
+    process at a time, see :mod:`axlpy._fstype`)."""
+    env = os.environ.get("AXLPY_MPI_JOURNAL_DIR")
+    if env:
+        return os.path.abspath(env)
+    import tempfile
+
+    base = os.path.join(tempfile.gettempdir(), f"axlpy-{os.getuid()}")
+    try:
+        os.mkdir(base, 0o700)
+    except FileExistsError:
+        st = os.lstat(base)
+        # In a shared /tmp, only a private directory of ours may hold our journals.
+        if not os.path.isdir(base) or os.path.islink(base) or st.st_uid != os.getuid() \
+                or st.st_mode & 0o077:
+            raise UsageError(f"{base!r} is not a private directory of uid {os.getuid()}; "
+                             "pass journal_dir= or set AXLPY_MPI_JOURNAL_DIR") from None
+    return os.path.join(base, "mpi")
+
+
+def journal_path(journal_dir: str | os.PathLike[str] | None, rank: int) -> str:
+    """The journal file of ``rank``: ``<journal_dir>/rank-<rank>.db`` (``journal_dir``
+    None: :func:`default_journal_dir`)."""
+    d = default_journal_dir() if journal_dir is None else os.fspath(journal_dir)
+    return os.path.join(os.path.abspath(d), f"rank-{rank}.db")
 
 
 def _world(comm: Comm | None) -> Comm:
@@ -209,7 +237,7 @@ class CommTransfer:
     @classmethod
     def create(cls, comm: Comm | None, name: str,
                type: TransferType | str = TransferType.DEFAULT, *,
-               journal_dir: str | os.PathLike[str],
+               journal_dir: str | os.PathLike[str] | None = None,
                checkpoint_dir: str | os.PathLike[str], on_failure: str = "keep",
                meta: Mapping[str, Any] | None = None,
                on_progress: Callable[[Any], None] | None = None,
@@ -226,6 +254,8 @@ class CommTransfer:
         journals in ``journal_dir`` are consulted for live transfers). Step and retention
         are recorded in every rank's journal, so a resumed flush commits the same way.
         ``options`` are those of :meth:`axlpy.Journal.create`.
+        ``journal_dir`` defaults to the node-local :func:`default_journal_dir`; pass a
+        directory on the shared filesystem if a restart on other nodes must resume.
 
         On disk: one CREATED row per rank journal, holding the rank, the rank count, the
         checkpoint directory and the failure policy. If any rank fails, the ranks that
@@ -236,7 +266,7 @@ class CommTransfer:
         comm = _world(comm)
         rank, size = comm.Get_rank(), comm.Get_size()
         ckpt = os.path.abspath(os.fspath(checkpoint_dir))
-        jdir = os.path.abspath(os.fspath(journal_dir))
+        jdir = os.path.dirname(journal_path(journal_dir, rank))
         views = comm.allgather((name, ckpt))
 
         def local() -> tuple[Journal, Transfer]:
@@ -270,7 +300,8 @@ class CommTransfer:
         return cls(comm, made[0], made[1], ckpt, on_failure, meta or {})
 
     @classmethod
-    def open(cls, comm: Comm | None, name: str, *, journal_dir: str | os.PathLike[str],
+    def open(cls, comm: Comm | None, name: str, *,
+             journal_dir: str | os.PathLike[str] | None = None,
              on_progress: Callable[[Any], None] | None = None) -> CommTransfer:
         """Collective: open ``name`` in every rank's journal (for resume, cancel, free).
 
@@ -280,7 +311,7 @@ class CommTransfer:
         """
         comm = _world(comm)
         rank, size = comm.Get_rank(), comm.Get_size()
-        jdir = os.path.abspath(os.fspath(journal_dir))
+        jdir = os.path.dirname(journal_path(journal_dir, rank))
 
         def local() -> tuple[Journal, Transfer, dict[str, Any]]:
             j = Journal(journal_path(jdir, rank), create=False)
@@ -759,7 +790,8 @@ def _rank_journals(journal_dir: str) -> dict[int, str]:
     return found
 
 
-def pending_names(comm: Comm | None, journal_dir: str | os.PathLike[str]) -> list[str]:
+def pending_names(comm: Comm | None,
+                  journal_dir: str | os.PathLike[str] | None = None) -> list[str]:
     """Collective: names of axlpy.mpi transfers still in any rank's journal (not freed),
     sorted; for a restarted job to resume (or cancel) before it starts new ones."""
     comm = _world(comm)

@@ -335,3 +335,19 @@ def test_commit_killed_between_marker_temp_and_rename(work: Path, cleanup: str) 
     assert all(r["ok"] for r in results.values()), results
     assert_checkpoint_matches_sources(work, 2)
     assert not list(ckpt(work).glob("._AXLPY_COMMIT.json.axlpy-*"))
+
+
+def test_default_journal_dir_is_node_local_and_private(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.delenv("AXLPY_MPI_JOURNAL_DIR", raising=False)
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    d = amp.default_journal_dir()
+    assert d == str(tmp_path / f"axlpy-{os.getuid()}" / "mpi")
+    assert os.stat(os.path.dirname(d)).st_mode & 0o777 == 0o700
+    os.chmod(os.path.dirname(d), 0o777)
+    with pytest.raises(axlpy.UsageError, match="not a private directory"):
+        amp.default_journal_dir()
+    monkeypatch.setenv("AXLPY_MPI_JOURNAL_DIR", str(tmp_path / "shared-j"))
+    assert amp.journal_path(None, 3) == str(tmp_path / "shared-j" / "rank-3.db")
