@@ -22,6 +22,12 @@ rank 0 moves the ``shared/_AXLPY_LATEST.json`` pointer and prunes the older chec
 (renamed to a hidden trash name first, so a crash never leaves half a checkpoint under
 its name). The restart goes through :func:`axlpy.restore_point`, which picks the newest
 checkpoint by step and skips any that fails its check.
+
+The journals are in ``<workdir>`` (shared), so the re-run may land on other nodes. The dead
+job's ranks own their transfers until their leases expire (``lease_timeout``, default
+300 s); a re-run that knows the old job is dead (the scheduler ended it) passes
+``--takeover`` to take them over at once. A rank whose ``add()`` failed is replayed from
+its journal, so a flush that failed on a missing file completes once the file is back.
 """
 
 from __future__ import annotations
@@ -72,6 +78,9 @@ def main() -> int:
                    "multiple of K")
     p.add_argument("--verify", default="marker", choices=["none", "marker", "crc"],
                    help="check applied to the checkpoint restarted from")
+    p.add_argument("--takeover", action="store_true",
+                   help="take over the dead job's flushes even if their owners' leases "
+                   "have not expired (only when that job is known dead)")
     a = p.parse_args()
     retention = (axlpy.RetentionPolicy(a.keep_last, a.keep_every) if a.keep_last
                  else None)
@@ -91,16 +100,26 @@ def main() -> int:
         if rank == 0:
             print(msg, flush=True)
 
-    # 1. Finish (or give up on) flushes a dead job left behind: from the journals alone.
+    # 1. Finish the flushes a dead job left behind, from the journals alone. Each error is
+    #    collective (the same on every rank), so every rank returns together.
+    #    A flush that cannot finish (its node-local sources are gone: the restart landed
+    #    on other nodes) is cancelled; the simulation restarts from an older checkpoint.
     for name in amp.pending_names(comm, jdir):
+        ct = amp.CommTransfer.open(comm, name, journal_dir=jdir)
         try:
-            ct = amp.CommTransfer.open(comm, name, journal_dir=jdir)
-            ct.resume()
+            ct.resume(force=a.takeover)
             ct.wait(timeout=600)
             say(f"resumed and committed the pending flush {name}")
-            ct.free()
         except axlpy.AxlError as exc:
             say(f"could not finish pending flush {name}: {exc}")
+            if "OwnershipError" in str(exc):
+                say("  its owner may still be alive; if that job is dead, re-run with "
+                    "--takeover (or wait until its lease expires)")
+                return 1
+            ct.cancel()
+            say(f"  cancelled {name}")
+        ct.free()
+        shutil.rmtree(os.path.join(local, name), ignore_errors=True)
 
     # 2. Restart from the newest *valid* checkpoint by step (never one without a commit
     #    marker; one failing the check is skipped for the next older one).
