@@ -117,31 +117,38 @@ class _Renewable(Protocol):
 class Heartbeat:
     """Renews the lease of every transfer this process is running, every fifth of the
     shortest lease. One daemon thread per process, started on first use; :meth:`beat`
-    renews once, now (tests call it instead of waiting)."""
+    renews once, now (tests call it instead of waiting).
+
+    The first renewal comes one interval after :meth:`hold` (the claim or dispatch that
+    made us owner has just written the heartbeat): a renewal is a journal commit of its
+    own, and a short transfer should not have any between its step commits."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._held: dict[tuple[int, int], tuple[Any, int, Owner]] = {}
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
+        self._due = 0.0  # time.monotonic() of the next renewal
         self.beats = 0
 
     def hold(self, db: _Renewable, tid: int, owner: Owner) -> None:
         with self._lock:
+            first = not self._held
             self._held[(id(db), tid)] = (db, tid, owner)
+            due = time.monotonic() + (owner.lease_ns or int(DEFAULT_LEASE_S * 1e9)) / 5e9
+            self._due = due if first else min(self._due, due)
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="axlpy-lease",
                                                 daemon=True)
                 self._thread.start()
-        self._wake.set()  # the interval may have shrunk
+        self._wake.set()  # the next renewal may be due sooner
 
     def drop(self, db: _Renewable, tid: int) -> None:
         with self._lock:
             self._held.pop((id(db), tid), None)
 
-    def _interval(self) -> float:
-        with self._lock:
-            leases = [o.lease_ns for _, _, o in self._held.values() if o.lease_ns]
+    def _interval_locked(self) -> float:
+        leases = [o.lease_ns for _, _, o in self._held.values() if o.lease_ns]
         return max(0.05, min(leases, default=int(DEFAULT_LEASE_S * 1e9)) / 5e9)
 
     def beat(self) -> int:
@@ -159,8 +166,16 @@ class Heartbeat:
 
     def _run(self) -> None:
         while True:
-            self._wake.wait(self._interval())
+            with self._lock:
+                due = self._due
+            self._wake.wait(max(0.0, due - time.monotonic()))
             self._wake.clear()
+            with self._lock:
+                if not self._held or time.monotonic() < self._due:
+                    if not self._held:
+                        self._due = time.monotonic() + self._interval_locked()
+                    continue
+                self._due = time.monotonic() + self._interval_locked()
             self.beat()
 
 

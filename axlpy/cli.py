@@ -54,6 +54,7 @@ from ._errors import (
     UsageError,
 )
 from ._journal import FileRow, Owner, TransferRow
+from ._lease import host_id
 from ._manifest import MARKER_TEMP_PREFIX
 from ._staging import TEMP_PATTERN
 from ._state import FileState, TransferState
@@ -461,7 +462,8 @@ def _owner_text(info: dict[str, Any] | None) -> str:
     if info is None:
         return "-"
     alive = {True: "alive", False: "dead", None: "other host"}[info["alive"]]
-    if info.get("lease_age_s") is not None and info["alive"] is not True:
+    if info.get("lease_age_s") is not None and info["host"] != host_id():
+        # from another node, the lease is what liveness rests on
         alive += f", lease renewed {info['lease_age_s']:.0f}s ago"
     return f"{info['pid']}@{info['host']} ({alive})"
 

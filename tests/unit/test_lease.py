@@ -160,3 +160,26 @@ def test_cli_resume_refuses_then_force_takes_over(journal_path, tmp_path, monkey
     r = CliRunner().invoke(cli, ["resume", "--force", "ck"], env=env)
     assert r.exit_code == 0, r.output
     assert (tmp_path / "ck.dst").read_bytes() == data
+
+
+def test_heartbeat_thread_renews_on_its_own():
+    """The daemon renews every fifth of the lease by itself (waits for an event)."""
+    import threading
+
+    renewed = threading.Event()
+    calls: list[int] = []
+
+    class FakeJournal:
+        def renew(self, tid: int, owner: Owner) -> bool:
+            calls.append(tid)
+            renewed.set()
+            return True
+
+    fake = FakeJournal()
+    owner = Owner(os.getpid(), "h", "s", 0, int(0.5e9))  # lease 0.5 s: beat every 0.1 s
+    HEARTBEAT.hold(fake, 7, owner)
+    try:
+        assert renewed.wait(60), "the heartbeat thread never renewed the lease"
+        assert calls[0] == 7
+    finally:
+        HEARTBEAT.drop(fake, 7)
