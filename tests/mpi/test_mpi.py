@@ -351,3 +351,20 @@ def test_default_journal_dir_is_node_local_and_private(tmp_path: Path, monkeypat
         amp.default_journal_dir()
     monkeypatch.setenv("AXLPY_MPI_JOURNAL_DIR", str(tmp_path / "shared-j"))
     assert amp.journal_path(None, 3) == str(tmp_path / "shared-j" / "rank-3.db")
+
+
+def test_finish_from_another_node_needs_force_before_lease_expiry(work: Path) -> None:
+    run(2, "crash", str(work), "--bad-rank", "1", "--crash-at", "stage.after_write",
+        expect_ok=False, host="node-a")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AXLPY_")}
+    env["AXLPY_HOST_ID"] = "node-b"
+    cmd = [sys.executable, "-m", "axlpy.mpi", "finish", str(work / "journals"), "ckpt"]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
+    assert p.returncode == 2 and "OwnershipError" not in p.stdout, p.stdout + p.stderr
+    assert "on host node-a" in p.stderr and "force" in p.stderr, p.stderr
+    assert not (ckpt(work) / _manifest.MARKER).exists()
+    p = subprocess.run([*cmd, "--force"], capture_output=True, text=True, timeout=120,
+                       env=env)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert p.stdout.startswith("committed ckpt: ")
+    assert_checkpoint_matches_sources(work, 2)
