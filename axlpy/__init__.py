@@ -8,11 +8,11 @@ every write, fsync, rename and commit) -> ``_transfer`` (this public API) -> ``c
 """
 
 import logging as _logging
+from typing import TYPE_CHECKING, Any
 
 from ._admission import AdmissionStats
 from ._cancel import CancelReport
 from ._config import config, default_journal_path
-from ._driver import Progress
 from ._errors import (
     AdmissionTimeoutError,
     AxlError,
@@ -34,18 +34,58 @@ from ._errors import (
     TransferError,
     UsageError,
 )
-from ._lifecycle import (
-    PruneReport,
-    RestorePoint,
-    RetentionPolicy,
-    commit_checkpoint,
-    prune,
-    restore_point,
-    update_pointer,
-)
-from ._sources import Limits
 from ._state import FileState, TransferState
-from ._transfer import FileStatus, Journal, Transfer, TransferStatus, TransferType, wait_all
+
+if TYPE_CHECKING:
+    from ._driver import Progress
+    from ._lifecycle import (
+        PruneReport,
+        RestorePoint,
+        RetentionPolicy,
+        commit_checkpoint,
+        prune,
+        restore_point,
+        update_pointer,
+    )
+    from ._sources import Limits
+    from ._transfer import FileStatus, Journal, Transfer, TransferStatus, TransferType, wait_all
+
+#: public name -> the module that defines it, imported on first access (PEP 562), so that
+#: ``import axlpy`` and every ``axlpy`` command start fast: the journal (sqlite_utils), the
+#: checksums (crc32c) and the engines load only when a program touches them
+_LAZY = {
+    "Progress": "._driver",
+    "PruneReport": "._lifecycle",
+    "RestorePoint": "._lifecycle",
+    "RetentionPolicy": "._lifecycle",
+    "commit_checkpoint": "._lifecycle",
+    "prune": "._lifecycle",
+    "restore_point": "._lifecycle",
+    "update_pointer": "._lifecycle",
+    "Limits": "._sources",
+    "FileStatus": "._transfer",
+    "Journal": "._transfer",
+    "Transfer": "._transfer",
+    "TransferStatus": "._transfer",
+    "TransferType": "._transfer",
+    "wait_all": "._transfer",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __version__ = "0.1.0"
 

@@ -41,7 +41,7 @@ from ._journal import FileRow, JournalDB, TransferRow
 from ._planted import planted
 from ._staging import DirCache, check_staged, fsync_dir, fsync_fd, same_entry, unlink_quiet
 from ._state import FileState, TransferState
-from .engines import Engine, StageContext, StageResult, StageTask
+from .engines import Engine, StageContext, StageResult, StageTask, stage_chunk_size
 from .io import IOQueue
 
 __all__ = ["Driver", "Progress", "assign_temps", "restat_sources"]
@@ -273,7 +273,7 @@ class Driver:
 
     def _stage_and_publish(self, tasks: list[StageTask]) -> None:
         ctx = StageContext(
-            chunk_size=int(self.opts.get("chunk_size", 8 << 20)),
+            chunk_size=stage_chunk_size(int(self.opts.get("chunk_size", 8 << 20)), tasks),
             extent_size=int(self.opts.get("extent_size", 64 << 20)),
             copy_metadata=bool(self.opts.get("metadata", False)),
             open_queue=self.open_queue,

@@ -33,6 +33,7 @@ one. sqlite3 errors leave this module raw; the public API maps them
 from __future__ import annotations
 
 import array
+import functools
 import json
 import os
 import sqlite3
@@ -43,13 +44,12 @@ import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
-from typing import Any
-
-import sqlite_utils
+from typing import TYPE_CHECKING, Any
 
 from . import _fstype
 from ._crashpoints import crash_point
 from ._errors import JournalError, OwnershipError, SecurityError
+from ._imports import sqlite_utils as _sqlite_utils
 from ._lease import DEFAULT_LEASE_S, Owner, now_ns
 from ._migrations import SCHEMA_VERSION, apply_steps, migrate
 from ._planted import planted
@@ -59,6 +59,9 @@ from ._state import (
     check_file_transition,
     check_transition,
 )
+
+if TYPE_CHECKING:
+    import sqlite_utils
 
 __all__ = ["APPLICATION_ID", "SCHEMA_VERSION", "FileRow", "JournalDB", "Owner", "TransferRow"]
 
@@ -149,7 +152,6 @@ class JournalDB:
             self.path, isolation_level=None, check_same_thread=False, timeout=busy_timeout
         )
         self.conn = conn
-        self.db = sqlite_utils.Database(conn)
         try:
             conn.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}").fetchall()
             if self.exclusive:
@@ -294,10 +296,22 @@ class JournalDB:
             raise JournalError(f"journal {self.path!r}: synchronous={level} not applied")
         self.conn.execute("PRAGMA foreign_keys=ON").fetchall()
 
+    @functools.cached_property
+    def db(self) -> sqlite_utils.Database:
+        """sqlite-utils over :attr:`conn`, made on first write: a command that only reads
+        the journal (``axlpy ls``) never imports it (start-up time). No sqlite-utils
+        plugins: they would run code from any installed package on this connection."""
+        db: sqlite_utils.Database = _sqlite_utils().Database(self.conn, execute_plugins=False)
+        return db
+
+    def _table_names(self) -> set[str]:
+        return {r[0] for r in self.conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()}
+
     def _is_empty(self) -> bool:
         app = self.conn.execute("PRAGMA application_id").fetchone()[0]
         ver = self.conn.execute("PRAGMA user_version").fetchone()[0]
-        return app == 0 and ver == 0 and not self.db.table_names()
+        return app == 0 and ver == 0 and not self._table_names()
 
     def _create_schema(self) -> None:
         db = self.db
@@ -365,7 +379,7 @@ class JournalDB:
             raise JournalError(
                 f"journal {self.path!r} is corrupt: {'; '.join(str(r[0]) for r in bad[:3])}"
             )
-        missing = {"transfers", "files", "extents", "events"} - set(self.db.table_names())
+        missing = {"transfers", "files", "extents", "events"} - self._table_names()
         if missing:
             raise JournalError(f"journal {self.path!r} lacks tables {sorted(missing)}")
         return int(ver)

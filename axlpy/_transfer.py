@@ -39,7 +39,7 @@ from ._retry import InterventionController, RetryEvent, RetryPolicy, call_persis
 from ._sources import Limits, walk_source
 from ._stall import EV_ABANDON, EV_STALL, EV_STALL_CLEARED, StallInfo, Watchdog
 from ._state import FileState, TransferState
-from .engines import Engine, get_engine
+from .engines import Engine, check_type, get_engine
 from .io import IOQueue, open_default_queue, open_queue
 
 #: builds the IO queue of one engine thread from the queue depth (tests, embedders)
@@ -169,7 +169,7 @@ class Journal:
         if not name or "\x00" in name:
             raise UsageError("a transfer name must be a non-empty string without NUL")
         ttype = _type_name(type)
-        get_engine(ttype)  # an unknown type fails now, not at dispatch
+        check_type(ttype)  # an unknown type fails now, not at dispatch
         if step is not None and (isinstance(step, bool) or not isinstance(step, int)):
             raise UsageError(f"step must be an integer, not {step!r}")
         opts = effective_options(options)
@@ -402,9 +402,11 @@ class Transfer:
 
     def _driver(self) -> Driver:
         row = self._refresh()
-        engine = get_engine(row.type)
-        self._engine = engine
         _, bt, _, ft = self.journal.db.progress(row.id)
+        # DEFAULT's engine is chosen here only, from what is measured to matter
+        engine = get_engine(row.type, files=ft, nbytes=bt,
+                            roots=row.options.get("roots") or ())
+        self._engine = engine
         self._progress = Progress(bytes_total=bt, files_total=ft,
                                   callback=self._on_progress)
         qname = row.options.get("queue") or engine.queue_name

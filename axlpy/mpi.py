@@ -380,10 +380,10 @@ class CommTransfer:
     def _start(self, body: Callable[[], None]) -> None:
         """Run ``body`` (dispatch or resume). A SYNC-engine transfer of a background type
         runs in a helper thread so the collective calls stay non-blocking."""
-        from .engines import get_engine
+        from .engines import is_background
 
         self._error = None
-        if self.transfer.type == TransferType.SYNC or get_engine(self.transfer.type).background:
+        if self.transfer.type == TransferType.SYNC or is_background(self.transfer.type):
             body()
             return
 

@@ -44,27 +44,32 @@ def markdown(result: dict[str, Any]) -> str:
         "renamed, directories fsynced, journal COMPLETED). axlpy and copytree times exclude "
         "the Python interpreter start-up of their child process; *ratio (process)* "
         "compares whole process wall times instead. Ratio = median throughput of the tool / "
-        "median throughput of `cp -r` (higher is better).",
+        "median throughput of `cp -r` (higher is better); *ratio vs copytree* the same "
+        "against `shutil.copytree` + `os.sync()`, both peers measured in the same run.",
         "",
     ]
     for s in result["scenarios"]:
         lines += [
-            f"## {s['name']} ({s['total_bytes'] / MiB:.0f} MiB on {s['where']})",
+            f"## {s['name']} ({s['total_bytes'] / MiB:.0f} MiB"
+            + (f", {s['empty_dirs']} empty dirs" if s.get("empty_dirs") else "")
+            + f" on {s['where']})",
             "",
             f"Cache: {s['cache']}. Clean-up between runs: {s['cleanup']}.",
             "",
             "| tool | min s | median s | max s | MiB/s (median) | ratio vs cp | "
-            "ratio (process) | peak RSS MiB | journal commits |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "ratio vs copytree | ratio (process) | peak RSS MiB | journal commits |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for name, v in s["summary"].items():
             r = s["ratios_vs_cp"].get(name, {})
+            rc = s.get("ratios_vs_copytree", {}).get(name)
+            vs_copytree = f"{rc['ratio']:.2f}" if rc else ""
             share = v.get("journal_commit_share_median")
             commits = (f"{_pct(share)} ({v['journal_commits_median']:.0f} tx)"
                        if share is not None else "")
             lines.append(
                 f"| {name} | {v['min_s']:.3f} | {v['median_s']:.3f} | {v['max_s']:.3f} | "
-                f"{v['mib_s_median']:.1f} | {r.get('ratio', 0):.2f} | "
+                f"{v['mib_s_median']:.1f} | {r.get('ratio', 0):.2f} | {vs_copytree} | "
                 f"{r.get('ratio_process_wall', 0):.2f} | {v['rss_max_kib'] / 1024:.1f} | "
                 f"{commits} |")
         lines.append("")

@@ -53,12 +53,20 @@ def test_quick_mode_reports_every_tool(tmp_path: Path, tmpfs_dir: Path) -> None:
     for name in engines:
         assert name in ran or name.removeprefix("axlpy-") in result["skipped_types"], name
     assert [s["name"] for s in result["scenarios"]] == [
-        "1 x 8 MiB", "64 x 64 KiB", "300 x 4 KiB (tmpfs)"]
+        "1 x 8 MiB", "64 x 64 KiB", "300 x 4 KiB (tmpfs)", "200 x 1 KiB", "100 empty dirs"]
+    dirs = next(s for s in result["scenarios"] if s["name"] == "100 empty dirs")
+    assert (dirs["nfiles"], dirs["empty_dirs"]) == (0, 100)
     for s in result["scenarios"]:
         assert set(s["summary"]) == ran, s["name"]
         for name, v in s["summary"].items():
             assert v["n"] == 1 and v["median_s"] > 0, (s["name"], name)
         assert s["ratios_vs_cp"]["cp -r"]["ratio"] == pytest.approx(1.0)
+        # ratios against each peer come from the same run's medians
+        assert set(s["ratios_vs_copytree"]) == ran
+        assert s["ratios_vs_copytree"]["copytree"]["ratio"] == pytest.approx(1.0)
+        for name in ran:
+            assert s["ratios_vs_copytree"][name]["ratio"] == pytest.approx(
+                s["summary"]["copytree"]["median_s"] / s["summary"][name]["median_s"])
         for name in ran:
             if name.startswith("axlpy-"):
                 assert "journal_commit_share_median" in s["summary"][name]
@@ -66,6 +74,7 @@ def test_quick_mode_reports_every_tool(tmp_path: Path, tmpfs_dir: Path) -> None:
     assert result["resume"]["runs"][0]["startup_s"] > 0
     assert result["machine"]["nproc"] == os.cpu_count()
     md = (out / "bench.md").read_text()
+    assert "ratio vs copytree" in md
     for name in ran:
         assert f"| {name} |" in md
     assert (out / "bench.png").read_bytes().startswith(b"\x89PNG")

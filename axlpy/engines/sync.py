@@ -8,7 +8,7 @@ from ._base import Engine, StageContext, StageResult, StageTask
 from ._copy import stage_file
 from .threaded import name_file
 
-__all__ = ["SyncEngine"]
+__all__ = ["BackgroundSyncEngine", "SyncEngine"]
 
 
 class SyncEngine(Engine):
@@ -32,3 +32,12 @@ class SyncEngine(Engine):
                 yield res
         finally:
             queue.close()
+
+
+class BackgroundSyncEngine(SyncEngine):
+    """The SYNC engine's staging on the transfer's background thread (``dispatch()``
+    returns at once): what DEFAULT runs for transfers too small to gain from worker
+    threads or a ring (see ``get_engine``)."""
+
+    name = "default"
+    background = True

@@ -12,7 +12,6 @@ import functools
 import importlib
 import logging
 import os
-import subprocess
 import sys
 from typing import Any
 
@@ -126,16 +125,20 @@ def probe_queue(name: str) -> str | None:
 
     io_uring is probed in a child process (the parent checks the installed liburing
     version first and never imports an unsupported build), which opens a ring and
-    moves a few bytes through it; RDMA is probed by listing devices.
+    moves a few bytes through it; its verdict is also cached per boot on disk (see
+    ``_probe_cache``). RDMA is probed by listing devices.
     """
     if name in ("posix", "memory", "fallback"):
         return None
     if name == "uring":
         try:
-            _check_liburing_version()
+            version = _check_liburing_version()
         except BackendUnavailableError as exc:
             return str(exc)
-        return _probe_in_child(_URING_PROBE)
+        from ._probe_cache import cached_verdict, probe_key
+
+        return cached_verdict("uring", probe_key(version, _URING_PROBE),
+                              lambda: _probe_in_child(_URING_PROBE))
     if name == "rdma":
         from ._rdma import probe_rdma
 
@@ -193,20 +196,20 @@ def _log_once(name: str, reason: str) -> None:
     log.info("IO queue %s unavailable, falling back: %s", name, reason)
 
 
-def _check_liburing_version() -> None:
-    import importlib.metadata
-
+def _check_liburing_version() -> str:
+    """The installed liburing's version if it is the one axlpy supports, else raise."""
+    from .._imports import dist_version
     from ._uring import SUPPORTED_LIBURING
 
-    try:
-        version = importlib.metadata.version("liburing")
-    except importlib.metadata.PackageNotFoundError:
-        raise BackendUnavailableError(REGISTRY["uring"]["err"]) from None
+    version = dist_version("liburing")
+    if version is None:
+        raise BackendUnavailableError(REGISTRY["uring"]["err"])
     if version != SUPPORTED_LIBURING:
         raise BackendUnavailableError(
             f"liburing {version} is installed, axlpy needs {SUPPORTED_LIBURING}: "
             "pip install 'axlpy[uring]'"
         )
+    return version
 
 
 _URING_PROBE = """
@@ -228,6 +231,8 @@ q.close()
 
 
 def _probe_in_child(code: str) -> str | None:
+    import subprocess  # here: only a probe that is not cached needs it (start-up time)
+
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
     try:

@@ -31,7 +31,6 @@ Some facts about io_uring completions:
 from __future__ import annotations
 
 import errno
-import importlib.metadata
 import os
 import select
 import sys
@@ -74,10 +73,11 @@ def load_liburing() -> ModuleType:
     Raises:
         BackendUnavailableError: liburing is missing, or not version 2024.5.3.
     """
-    try:
-        version = importlib.metadata.version("liburing")
-    except importlib.metadata.PackageNotFoundError:
-        raise BackendUnavailableError(f"io_uring needs liburing: {_INSTALL_HINT}") from None
+    from .._imports import dist_version
+
+    version = dist_version("liburing")
+    if version is None:
+        raise BackendUnavailableError(f"io_uring needs liburing: {_INSTALL_HINT}")
     if version != SUPPORTED_LIBURING:
         raise BackendUnavailableError(
             f"liburing {version} is installed but axlpy only loads {SUPPORTED_LIBURING} "

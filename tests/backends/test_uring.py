@@ -4,7 +4,6 @@ system, reads from a pipe (GIL released while waiting), version refusal, close()
 from __future__ import annotations
 
 import errno
-import importlib.metadata
 import os
 import threading
 import time
@@ -139,20 +138,20 @@ def test_depth_larger_than_batch_runs_concurrently(tmp_path):
         os.close(fd)
 
 
-def test_unsupported_liburing_version_is_refused(monkeypatch):
+def test_unsupported_liburing_version_is_refused(monkeypatch, tmp_path):
     from axlpy.io import _uring
 
-    monkeypatch.setattr(importlib.metadata, "version", lambda name: "2026.1.7")
+    # A newer build's metadata first on sys.path, as pip would leave it: read, never loaded.
+    (tmp_path / "liburing-2026.1.7.dist-info").mkdir()
+    monkeypatch.syspath_prepend(str(tmp_path))
     with pytest.raises(BackendUnavailableError, match=r"2026\.1\.7.*axlpy\[uring\]"):
         _uring.load_liburing()
 
 
 def test_missing_liburing_says_how_to_install(monkeypatch):
+    from axlpy import _imports
     from axlpy.io import _uring
 
-    def missing(name):
-        raise importlib.metadata.PackageNotFoundError(name)
-
-    monkeypatch.setattr(importlib.metadata, "version", missing)
+    monkeypatch.setattr(_imports, "dist_version", lambda name: None)
     with pytest.raises(BackendUnavailableError, match=r"pip install 'axlpy\[uring\]'"):
         _uring.UringIOQueue(4)
