@@ -53,7 +53,7 @@ _T = TransferState
 class TransferType(enum.StrEnum):
     """How a transfer's bytes move. Stored in the journal; a resume uses the same type."""
 
-    #: the fastest engine available here, with fallback to a slower one
+    #: the engine measured fastest for the transfer's size and filesystem (docs/engines.md)
     DEFAULT = "default"
     #: copy in the caller's thread; ``dispatch()`` returns when done
     SYNC = "sync"

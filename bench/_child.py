@@ -74,6 +74,10 @@ def run_axlpy(type_name: str, src: str, dst: str, journal: str) -> dict[str, Any
     t.wait()
     state = t.state
     t1 = time.perf_counter()
+    # DEFAULT chooses its engine per transfer (by size and filesystem): report that one.
+    used = getattr(t, "_engine", None)
+    if used is not None:
+        engine = type(used).__name__
     j.close()
     if state is not axlpy.TransferState.COMPLETED:
         raise SystemExit(f"axlpy transfer ended {state.value}, not COMPLETED")
