@@ -10,8 +10,6 @@ every write, fsync, rename and commit) -> ``_transfer`` (this public API) -> ``c
 import logging as _logging
 from typing import TYPE_CHECKING, Any
 
-from ._admission import AdmissionStats
-from ._cancel import CancelReport
 from ._config import config, default_journal_path
 from ._errors import (
     AdmissionTimeoutError,
@@ -37,6 +35,8 @@ from ._errors import (
 from ._state import FileState, TransferState
 
 if TYPE_CHECKING:
+    from ._admission import AdmissionStats
+    from ._cancel import CancelReport
     from ._driver import Progress
     from ._lifecycle import (
         PruneReport,
@@ -54,6 +54,8 @@ if TYPE_CHECKING:
 #: ``import axlpy`` and every ``axlpy`` command start fast: the journal (sqlite_utils), the
 #: checksums (crc32c) and the engines load only when a program touches them
 _LAZY = {
+    "AdmissionStats": "._admission",
+    "CancelReport": "._cancel",
     "Progress": "._driver",
     "PruneReport": "._lifecycle",
     "RestorePoint": "._lifecycle",
