@@ -34,8 +34,10 @@ __all__ = [
 ENGINE_TYPES = ("default", "sync", "pthread", "uring")
 
 #: DEFAULT stages inline (the SYNC engine's code on the transfer's background thread: no
-#: worker threads, no ring, no io_uring probe) when the whole transfer is at most this
-#: many bytes ... (docs/engines.md: chosen by measurement, not by preference)
+#: worker threads, no ring, no io_uring probe) when the transfer is at most this many
+#: files of at most INLINE_MAX_BYTES in all ... (docs/engines.md: chosen by measurement,
+#: not by preference; several small files on a disk gain from overlapping their fsyncs)
+INLINE_MAX_FILES = 1
 INLINE_MAX_BYTES = 8 << 20
 #: ... or when every destination root is on a filesystem with no device behind it
 #: (tmpfs, ramfs), where fsync is free and threads only add per-file overhead
@@ -63,8 +65,9 @@ def get_engine(type_name: str, *, files: int | None = None, nbytes: int | None =
 
     ``"default"`` is chosen here and nowhere else, by measurement (docs/engines.md), from
     what the transfer holds (``files`` regular files, ``nbytes`` bytes, destination
-    ``roots``): a transfer of at most :data:`INLINE_MAX_BYTES`, or one whose destinations
-    are all on tmpfs/ramfs, is staged inline — the SYNC engine's code on the transfer's
+    ``roots``): a transfer of at most :data:`INLINE_MAX_FILES` file of at most
+    :data:`INLINE_MAX_BYTES`, or one whose destinations are all on tmpfs/ramfs, is staged
+    inline — the SYNC engine's code on the transfer's
     background thread, with no worker threads, no ring and no io_uring probe; anything
     else gets the threaded engine (PTHREAD), measured fastest on this disk for small and
     large files alike. Without ``files``/``nbytes`` (nothing known yet) it is PTHREAD.
@@ -84,7 +87,8 @@ def get_engine(type_name: str, *, files: int | None = None, nbytes: int | None =
     if type_name == "default" and files is not None and nbytes is not None:
         from ._fs import all_memory_backed
 
-        if nbytes <= INLINE_MAX_BYTES or (INLINE_ON_MEMORY_FS and all_memory_backed(roots)):
+        if (files <= INLINE_MAX_FILES and nbytes <= INLINE_MAX_BYTES) or (
+                INLINE_ON_MEMORY_FS and all_memory_backed(roots)):
             from .sync import BackgroundSyncEngine
 
             return BackgroundSyncEngine()

@@ -19,6 +19,7 @@ import axlpy
 from axlpy._journal import FileRow
 from axlpy.engines import (
     INLINE_MAX_BYTES,
+    INLINE_MAX_FILES,
     MIN_CHUNK,
     StageTask,
     get_engine,
@@ -306,6 +307,11 @@ def test_default_engine_is_chosen_by_size_and_filesystem(
     big = INLINE_MAX_BYTES + 1
     if all_memory_backed([str(tmp_path)]):
         pytest.skip("the test's temp directory is on tmpfs: no disk destination to try")
+    # several small files on a disk: threads overlap their fsyncs
+    assert type(get_engine("default", files=INLINE_MAX_FILES + 1, nbytes=2,
+                           roots=[str(tmp_path)])) is PthreadEngine
+    assert type(get_engine("default", files=1, nbytes=big, roots=[str(tmp_path)])) \
+        is PthreadEngine
     assert type(get_engine("default", files=64, nbytes=big, roots=[str(tmp_path)])) \
         is PthreadEngine
     assert type(get_engine("default")) is PthreadEngine  # nothing known yet
