@@ -28,8 +28,7 @@ from axlpy.engines import (
 from axlpy.io import _probe_cache
 from axlpy.io._probe_cache import cache_path, cached_verdict, probe_key
 
-HEAVY = ("sqlite_utils", "numpy", "pandas", "crc32c", "importlib.metadata", "liburing",
-         "subprocess")
+HEAVY = ("sqlite_utils", "numpy", "pandas", "crc32c", "importlib.metadata", "liburing")
 
 
 def _loaded_after(code: str, env: dict[str, str] | None = None) -> list[str]:
