@@ -28,6 +28,7 @@ from ._admission import EVENT as ADMISSION_EVENT, AdmissionStats
 from ._cancel import CancelReport
 from ._checksum import crc32c, file_crc32c
 from ._crashpoints import crash_point
+from ._durable import expected_of, rename_verified
 from ._errors import (
     AxlError,
     PublishError,
@@ -39,7 +40,7 @@ from ._errors import (
 from ._fdbudget import fd_budget
 from ._journal import FileRow, JournalDB, TransferRow
 from ._planted import planted
-from ._staging import DirCache, check_staged, fsync_dir, fsync_fd, same_entry, unlink_quiet
+from ._staging import DirCache, fsync_dir, fsync_fd, unlink_quiet
 from ._state import FileState, TransferState
 from .engines import Engine, StageContext, StageResult, StageTask, stage_chunk_size
 from .io import IOQueue
@@ -379,9 +380,8 @@ class Driver:
         try:
             # The temp must still be ours (not swapped for a symlink or another file)
             # just before the rename, and the final name must be that inode after it.
-            st = check_staged(dir_fd, t.tmp, kind=t.row.kind, size=res.size,
-                              link=t.row.link, owners=owners)
-            os.rename(t.tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+            rename_verified(dir_fd, t.tmp, name, kind=t.row.kind, size=res.size,
+                            link=t.row.link, owners=owners)
         except SecurityError as exc:
             exc.add_note(f"transfer {self.t.name!r}, file {os.fsdecode(t.row.dst)!r}")
             raise
@@ -390,14 +390,6 @@ class Driver:
                 f"cannot rename staged file into {os.fsdecode(t.row.dst)!r}: "
                 f"{exc.strerror}", transfer=self.t.name, path=os.fsdecode(t.row.dst)
             ) from exc
-        if not same_entry(dir_fd, name, st):
-            # Swapped in the instant between the check and the rename: what now holds
-            # the final name is not our data. Remove it so no foreign or partial file
-            # stays under the final name; resume restages this file.
-            unlink_quiet(dir_fd, name)
-            raise SecurityError(
-                f"temp of {os.fsdecode(t.row.dst)!r} was replaced by someone else while "
-                "being published; the foreign file was removed from the final name")
         if planted("rename_before_fsync") and t.row.kind == "file":
             fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=dir_fd)
             try:
@@ -649,24 +641,7 @@ class Driver:
 
     def _matches(self, dfd: int, name: bytes, r: FileRow, buf: bytearray) -> bool:
         """Does ``name`` in ``dfd`` hold exactly the bytes journaled for ``r``?"""
-        if r.crc32c is None:
-            return False
-        if r.kind == "symlink":
-            try:
-                return crc32c(os.readlink(name, dir_fd=dfd)) == r.crc32c
-            except OSError:
-                return False
-        try:
-            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dfd)
-        except OSError:
-            return False
-        try:
-            if os.fstat(fd).st_size != r.size:
-                return False
-            got, n = file_crc32c(fd, r.size, buf=buf)
-            return n == r.size and got == r.crc32c
-        finally:
-            os.close(fd)
+        return r.crc32c is not None and expected_of(r).matches(dfd, name, buf=buf)
 
     # -- cancel ---------------------------------------------------------------------------
 

@@ -24,16 +24,16 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import stat
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._checksum import crc32c, file_crc32c
+from ._checksum import crc32c
 from ._crashpoints import crash_point
+from ._durable import Expected, publish_atomic
 from ._errors import AxlError
-from ._staging import create_temp, fsync_dir, fsync_fd, unlink_quiet
+from ._staging import unlink_quiet
 
 __all__ = [
     "FORMAT",
@@ -219,25 +219,17 @@ def write_manifest(checkpoint_dir: str | os.PathLike[str], manifest: Manifest, *
         for stale in os.listdir(dfd):  # temps of commits killed before their rename
             if stale.startswith(_TEMP_PREFIX):
                 unlink_quiet(dfd, stale.encode())
-        fd = create_temp(dfd, tmp)
-        try:
-            try:
-                os.fchmod(fd, 0o644)  # readable like the checkpoint files it describes
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view):]
-                fsync_fd(fd)
-            finally:
-                os.close(fd)
-            crash_point("marker.after_temp_fsync")
-            os.rename(tmp, MARKER, src_dir_fd=dfd, dst_dir_fd=dfd)
-        except BaseException:
-            unlink_quiet(dfd, tmp)
-            raise
-        fsync_dir(dfd)
+        # Readable (0644) like the checkpoint files it describes.
+        publish_atomic(dfd, MARKER.encode(), data, tmp, mode=0o644, after=_marker_step)
     finally:
         os.close(dfd)
     return manifest
+
+
+def _marker_step(step: str) -> None:
+    """The crash point of a marker publish (see :func:`publish_atomic`)."""
+    if step == "temp":
+        crash_point("marker.after_temp_fsync")
 
 
 def read_manifest(checkpoint_dir: str | os.PathLike[str]) -> Manifest:
@@ -285,33 +277,27 @@ class CheckResult:
     verified: bool = False  # True when every file's CRC32C was checked
 
 
+_WRONG_TYPE = {"dir": "not a directory", "symlink": "not a symlink",
+               "file": "not a regular file"}
+
+
 def _check_entry(root: str, e: ManifestEntry, verify: bool, buf: bytearray) -> str | None:
-    p = os.path.join(root, e.path)  # str with surrogateescape: os.* encode it back exactly
-    try:
-        st = os.lstat(p)
-    except OSError as exc:
-        return f"{e.path}: missing ({exc.strerror})"
-    if e.kind == "dir":
-        return None if stat.S_ISDIR(st.st_mode) else f"{e.path}: not a directory"
-    if e.kind == "symlink":
-        if not stat.S_ISLNK(st.st_mode):
-            return f"{e.path}: not a symlink"
-        ok = crc32c(os.fsencode(os.readlink(p))) == e.crc32c
-        return None if ok else f"{e.path}: symlink target differs"
-    if not stat.S_ISREG(st.st_mode):
-        return f"{e.path}: not a regular file"
-    if st.st_size != e.size:
-        return f"{e.path}: size {st.st_size}, marker says {e.size}"
-    if not verify:
+    # str with surrogateescape: fsencode gives the exact bytes back
+    p = os.fsencode(os.path.join(root, e.path))
+    m = Expected(e.kind, e.size, e.crc32c).check_path(p, content=verify, buf=buf)
+    if m is None:
         return None
-    fd = os.open(p, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    try:
-        got, n = file_crc32c(fd, e.size, buf=buf)
-    finally:
-        os.close(fd)
-    if n != e.size or got != e.crc32c:
-        return f"{e.path}: CRC32C {got:#010x}, marker says {e.crc32c:#010x}"
-    return None
+    if m.problem == "missing":
+        return f"{e.path}: missing ({m.detail})"
+    if m.problem == "wrong-type":
+        return f"{e.path}: {_WRONG_TYPE[e.kind]}"
+    if m.problem == "link-target":
+        return f"{e.path}: symlink target differs"
+    if m.problem == "size":
+        return f"{e.path}: size {m.actual_size}, marker says {e.size}"
+    if m.problem == "crc32c":
+        return f"{e.path}: CRC32C {m.actual_crc32c or 0:#010x}, marker says {e.crc32c:#010x}"
+    return f"{e.path}: unreadable ({m.detail})"
 
 
 def check_checkpoint(checkpoint_dir: str | os.PathLike[str], *,

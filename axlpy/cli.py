@@ -28,7 +28,6 @@ import os
 import re
 import shlex
 import shutil
-import stat
 import sys
 import threading
 import time
@@ -39,9 +38,9 @@ from typing import IO, Any, NoReturn, TypeVar
 import click
 
 from ._admission import AdmissionStats
-from ._checksum import crc32c, file_crc32c
 from ._config import default_journal_path
 from ._driver import Progress
+from ._durable import Expected, unlink_verified
 from ._errors import (
     AxlError,
     BackendUnavailableError,
@@ -56,7 +55,7 @@ from ._errors import (
 from ._journal import FileRow, Owner, TransferRow
 from ._lease import host_id
 from ._manifest import MARKER_TEMP_PREFIX
-from ._staging import TEMP_PATTERN
+from ._staging import TEMP_PATTERN, fsync_dir
 from ._state import FileState, TransferState
 from ._transfer import Journal, Transfer, TransferType
 
@@ -1168,46 +1167,21 @@ def _check_entry(kind: str, path: bytes, size: int, crc: int | None, link: bytes
 
     ``crc`` is the CRC32C of a file's bytes, or of a symlink's target when ``link`` (the
     target itself) is not known."""
-    base = {"kind": kind, **_path_fields("path", path)}
-
-    def bad(problem: str, **kw: Any) -> dict[str, Any]:
-        return {**base, "problem": problem, **kw}
-
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return bad("missing")
-    except OSError as exc:
-        return bad("unreadable", detail=exc.strerror)
-    if kind == "dir":
-        return None if stat.S_ISDIR(st.st_mode) else bad("wrong-type")
-    if kind == "symlink":
-        if not stat.S_ISLNK(st.st_mode):
-            return bad("wrong-type")
-        target = os.readlink(path)
-        if link is not None and target != link:
-            return bad("link-target", **_path_fields("expected_target", link),
-                       **_path_fields("actual_target", target))
-        if link is None and crc32c(target) != crc:
-            return bad("link-target", **_path_fields("actual_target", target))
+    m = Expected(kind, size, crc, link).check_path(path, buf=buf)
+    if m is None:
         return None
-    if not stat.S_ISREG(st.st_mode):
-        return bad("wrong-type")
-    if st.st_size != size:
-        return bad("size", expected_size=size, actual_size=st.st_size)
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError as exc:
-        return bad("unreadable", detail=exc.strerror)
-    try:
-        got, n = file_crc32c(fd, size, buf=buf)
-    finally:
-        os.close(fd)
-    if n != size:
-        return bad("size", expected_size=size, actual_size=n)
-    if crc is None or got != crc:
-        return bad("crc32c", expected_crc32c=_crc_hex(crc), actual_crc32c=_crc_hex(got))
-    return None
+    out: dict[str, Any] = {"kind": kind, **_path_fields("path", path), "problem": m.problem}
+    if m.problem == "unreadable":
+        out["detail"] = m.detail
+    elif m.problem == "link-target":
+        if link is not None:
+            out.update(_path_fields("expected_target", link))
+        out.update(_path_fields("actual_target", m.actual_target or b""))
+    elif m.problem == "size":
+        out.update(expected_size=size, actual_size=m.actual_size)
+    elif m.problem == "crc32c":
+        out.update(expected_crc32c=_crc_hex(crc), actual_crc32c=_crc_hex(m.actual_crc32c))
+    return out
 
 
 def _verify_transfer(j: Journal, name: str) -> dict[str, Any]:
@@ -1691,11 +1665,9 @@ def _unlink_same_inode(p: bytes, st: os.stat_result) -> bool:
     parent, name = os.path.split(p)
     dfd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
-        now = os.stat(name, dir_fd=dfd, follow_symlinks=False)
-        if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
+        if not unlink_verified(dfd, name, st):
             return False
-        os.unlink(name, dir_fd=dfd)
-        os.fsync(dfd)
+        fsync_dir(dfd)
     finally:
         os.close(dfd)
     return True

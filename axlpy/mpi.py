@@ -628,7 +628,7 @@ class CommTransfer:
         """Remove the files a COMPLETED transfer published that are still its own (size
         and CRC32C), fsync their directories, journal the discard. The transfer stays
         COMPLETED (the state table has no way back), and resume refuses it."""
-        from ._checksum import crc32c, file_crc32c
+        from ._durable import expected_of, unlink_verified
         from ._errors import SecurityError
         from ._staging import DirCache, fsync_dir
 
@@ -644,20 +644,10 @@ class CommTransfer:
                 parent, name = os.path.split(r.rel)
                 try:
                     dfd = dirs.open(r.root, parent)
-                    if r.kind == "symlink":
-                        ok = crc32c(os.readlink(name, dir_fd=dfd)) == r.crc32c
-                    else:
-                        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC,
-                                     dir_fd=dfd)
-                        try:
-                            ok = (os.fstat(fd).st_size == r.size
-                                  and file_crc32c(fd, r.size, buf=buf) == (r.crc32c, r.size))
-                        finally:
-                            os.close(fd)
+                    ok = unlink_verified(dfd, name, expected_of(r), buf=buf)
                 except (OSError, SecurityError):
                     continue
                 if ok:
-                    os.unlink(name, dir_fd=dfd)
                     removed += 1
                     touched[dfd] = None
             for dfd in touched:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Generator, Sequence
 
+from .._errors import TransferCancelledError
+from ..io import IOQueue
 from ._base import Engine, StageContext, StageResult, StageTask
-from ._copy import stage_file
-from .threaded import name_file
+from ._stager import FileStager, name_file
 
 __all__ = ["BackgroundSyncEngine", "SyncEngine"]
 
@@ -25,10 +26,13 @@ class SyncEngine(Engine):
         queue = ctx.open_queue()
         try:
             for task in tasks:
+                st = FileStager(task, ctx)
                 try:
-                    res = stage_file(task, ctx, queue, buf)
+                    res = _copy(st.open(), ctx, queue, buf)
                 except Exception as exc:
                     raise name_file(exc, task)  # noqa: B904 (keeps its own __cause__)
+                finally:
+                    st.close()
                 yield res
         finally:
             queue.close()
@@ -41,3 +45,20 @@ class BackgroundSyncEngine(SyncEngine):
 
     name = "default"
     background = True
+
+
+def _copy(st: FileStager, ctx: StageContext, queue: IOQueue, buf: bytearray) -> StageResult:
+    """Read, checksum, write one chunk at a time; commit each full extent when written."""
+    mv = memoryview(buf)
+    offset = st.task.resume_from
+    while offset < st.size:
+        if ctx.cancel.is_set():
+            raise TransferCancelledError(f"cancelled while copying {st.dst!r}", path=st.dst)
+        data = mv[:st.read_len(offset, len(buf))]
+        n = st.read(queue, data, offset)
+        st.chunk(offset, data)
+        st.write(queue, data, offset)
+        for ext in st.written(offset, n):
+            st.commit(ext)
+        offset += n
+    return st.finish()

@@ -22,22 +22,19 @@ within about one chunk, joins every thread and closes every fd and queue it open
 
 from __future__ import annotations
 
+import functools
 import os
 import queue as _queue
 import threading
 from collections.abc import Callable, Generator, Sequence
 from typing import Any
 
-from .._checksum import crc32c
-from .._crashpoints import crash_point
-from .._errors import AxlError, SourceChangedError, TransferCancelledError, TransferError
-from .._planted import planted
-from .._staging import create_temp, fsync_fd
+from .._errors import TransferCancelledError, TransferError
 from ..io import IOQueue
 from ._base import Engine, StageContext, StageResult, StageTask
-from ._copy import apply_metadata, check_source_unchanged, open_source, queue_io
+from ._stager import FileStager, name_file
 
-__all__ = ["PthreadEngine", "default_workers", "name_file", "open_temp"]
+__all__ = ["PthreadEngine", "default_workers"]
 
 #: most worker threads a transfer starts (each also has a writer thread)
 MAX_WORKERS = 16
@@ -53,45 +50,6 @@ def default_workers(nfiles: int, requested: int = 0, max_open_files: int | None 
     if requested > 0:
         return max(1, min(requested, cap))
     return max(1, min(cap, (os.cpu_count() or 1) * 2, MAX_WORKERS))
-
-
-def name_file(exc: BaseException, task: StageTask) -> BaseException:
-    """Make sure an error raised while staging ``task`` names its file.
-
-    A TransferError without a path gets one; an error outside axlpy's tree (an OSError
-    from open, say) is wrapped in a TransferError naming the file, the original chained
-    as ``__cause__``. Other axlpy errors (SecurityError, ...) are returned unchanged.
-    """
-    dst = os.fsdecode(task.row.dst)
-    if isinstance(exc, TransferError):
-        if exc.path is None:
-            exc.path = dst
-        return exc
-    if isinstance(exc, AxlError) or not isinstance(exc, Exception):
-        return exc
-    err = TransferError(f"copying {os.fsdecode(task.row.src)!r} to {dst!r} failed: "
-                        f"{type(exc).__name__}: {exc}", path=dst)
-    err.__cause__ = exc
-    return err
-
-
-def open_temp(task: StageTask) -> int:
-    """Open the temp for writing: the verified prefix kept by a resume (anything past it
-    cut off, never trusted) or a fresh one (O_EXCL)."""
-    if task.resume_from:
-        with task.dir() as dir_fd:
-            fd = os.open(task.tmp, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC,
-                         dir_fd=dir_fd)
-        try:
-            os.ftruncate(fd, task.resume_from)
-        except BaseException:
-            os.close(fd)
-            raise
-        return fd
-    with task.dir() as dir_fd:
-        fd = create_temp(dir_fd, task.tmp)
-    crash_point("stage.after_create_temp")
-    return fd
 
 
 class _Stop(Exception):
@@ -145,94 +103,48 @@ class _Writer:
         self._thread.join()
 
 
-def copy_file_pipelined(task: StageTask, ctx: StageContext, rq: IOQueue, wq: IOQueue,
+def copy_file_pipelined(st: FileStager, rq: IOQueue, wq: IOQueue,
                         bufs: tuple[bytearray, bytearray], writer: _Writer,
                         should_stop: Callable[[], bool]) -> StageResult:
-    """Copy one file into its temp, reading and checksumming chunk k+1 while chunk k is
-    written; return its CRC32C once the temp is durable (fsynced).
+    """Copy one opened file into its temp, reading and checksumming chunk k+1 while chunk
+    k is written; return its result once the stager made the temp durable.
 
-    Extents: each full extent is fdatasynced, then its CRC journaled; a resume keeps the
-    verified ones. Raises :class:`_Stop` between chunks when ``should_stop()``.
+    Each full extent is committed (fdatasync, then journal) as soon as it is written.
+    Raises :class:`_Stop` between chunks when ``should_stop()``.
     """
-    row = task.row
-    src = os.fsdecode(row.src)
-    dst = os.fsdecode(row.dst)
-    size = row.size
+    size = st.size
     chunk = len(bufs[0])
-    extent = ctx.extent_size
-    src_fd = open_source(task)
-    tmp_fd = -1
+
+    def read(buf: bytearray, off: int) -> memoryview:
+        mv = memoryview(buf)[:st.read_len(off, chunk)]
+        st.read(rq, mv, off)
+        return mv
+
+    cur = 0
+    offset = st.task.resume_from  # next byte to write (all before it is written)
+    data = read(bufs[cur], offset) if offset < size else None
     try:
-        tmp_fd = open_temp(task)
-        offset = task.resume_from  # next byte to write (all before it is written)
-        crc = task.resume_crc
-        ext_idx = task.next_extent
-        ext_crc = 0
-        ext_start = offset
-
-        def read(buf: bytearray, off: int) -> int:
-            # A chunk never crosses an extent boundary, so extent CRCs stay chunk-aligned.
-            want = min(chunk, size - off, (off - ext_start) // extent * extent
-                       + ext_start + extent - off)
-            mv = memoryview(buf)[:want]
-            n = ctx.retry(lambda: queue_io(rq, False, src_fd, mv, off, "read", src),
-                          f"read {src!r} @{off}+{want}")
-            if n < want:
-                raise SourceChangedError(f"source {src!r} shrank while being copied",
-                                         path=src)
-            return n
-
-        cur = 0
-        n = read(bufs[cur], offset) if offset < size else 0
-        try:
-            while n:
-                if should_stop():
-                    raise _Stop
-                mv = memoryview(bufs[cur])[:n]
-                writer.start(_write_job(ctx, wq, tmp_fd, mv, offset, dst))
-                # While the write runs: checksum what it writes, read the next chunk.
-                crc = crc32c(mv, crc)
-                ext_crc = crc32c(mv, ext_crc)
-                nxt = 0
-                if offset + n < size and not should_stop():
-                    nxt = read(bufs[1 - cur], offset + n)
-                writer.join()
-                crash_point("stage.after_write")
-                offset += n
-                ctx.on_bytes(n)
-                if offset - ext_start == extent and offset < size:
-                    # The extent's bytes must be durable before the journal vouches for
-                    # them; fsync errors are never retried (after a failed fsync the
-                    # kernel may have dropped the dirty pages: a retry would lie).
-                    os.fdatasync(tmp_fd)
-                    ctx.commit_extents([(row.id, ext_idx, extent, ext_crc, offset)])
-                    ext_idx += 1
-                    ext_crc = 0
-                    ext_start = offset
-                cur = 1 - cur
-                n = nxt
-                if not n and offset < size:
-                    raise _Stop  # told to stop before the next read
-        finally:
-            writer.drain()
-        check_source_unchanged(src_fd, task)
-        apply_metadata(tmp_fd, task, ctx.copy_metadata, ctx.umask)
-        if not planted("rename_before_fsync"):
-            fsync_fd(tmp_fd)
-        crash_point("stage.after_fsync")
-        return StageResult(task, crc, size, size - task.resume_from)
+        while data is not None:
+            if should_stop():
+                raise _Stop
+            writer.start(functools.partial(st.write, wq, data, offset))
+            # While the write runs: checksum what it writes, read the next chunk.
+            st.chunk(offset, data)
+            n = data.nbytes
+            nxt = None
+            if offset + n < size and not should_stop():
+                nxt = read(bufs[1 - cur], offset + n)
+            writer.join()
+            for ext in st.written(offset, n):
+                st.commit(ext)
+            offset += n
+            cur = 1 - cur
+            data = nxt
+            if data is None and offset < size:
+                raise _Stop  # told to stop before the next read
     finally:
-        os.close(src_fd)
-        if tmp_fd >= 0:
-            os.close(tmp_fd)
-
-
-def _write_job(ctx: StageContext, wq: IOQueue, fd: int, mv: memoryview, off: int,
-               dst: str) -> Callable[[], int]:
-    def job() -> int:
-        return ctx.retry(lambda: queue_io(wq, True, fd, mv, off, "write", dst),
-                         f"write {dst!r} @{off}+{mv.nbytes}")
-    return job
+        writer.drain()
+    return st.finish()
 
 
 _DONE = object()
@@ -275,8 +187,9 @@ class PthreadEngine(Engine):
                 writer = _Writer(f"axlpy-pthread-w{i}")
                 bufs = (bytearray(ctx.chunk_size), bytearray(ctx.chunk_size))
                 while (task := next_task()) is not None:
+                    st = FileStager(task, ctx)
                     try:
-                        res = copy_file_pipelined(task, ctx, queues[0], queues[1], bufs,
+                        res = copy_file_pipelined(st.open(), queues[0], queues[1], bufs,
                                                   writer, should_stop)
                     except _Stop:
                         return
@@ -284,6 +197,8 @@ class PthreadEngine(Engine):
                         stop.set()
                         results.put(name_file(exc, task))
                         return
+                    finally:
+                        st.close()
                     results.put(res)
             except BaseException as exc:  # opening a queue or starting a thread failed
                 stop.set()

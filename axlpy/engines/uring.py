@@ -38,6 +38,7 @@ On disk if this raises, is cancelled or the process dies: as for every engine (s
 from __future__ import annotations
 
 import errno as _errno
+import functools
 import os
 import queue as _queue
 import threading
@@ -45,27 +46,14 @@ from collections import deque
 from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 
-from .._checksum import crc32c
-from .._crashpoints import crash_point
 from .._errors import IOBackendError, SourceChangedError, TransferCancelledError
-from .._planted import planted
 from .._retry import Disposition, disposition
-from .._staging import fsync_fd
 from ..io import Completion, IOOp, IOQueue, IORequest, SubmitError
 from ._base import Engine, StageContext, StageResult, StageTask
-from ._copy import apply_metadata, check_source_unchanged, open_source, queue_io
-from .threaded import name_file, open_temp
+from ._stager import FileStager, name_file, queue_io
 
 __all__ = ["UringEngine", "op_size_for"]
 
-
-def _extent_job(ctx: StageContext, f: _File, idx: int, length: int, crc: int,
-                end: int) -> Callable[[], None]:
-    def job() -> None:
-        # Durable before the journal vouches for it; never retried (see module doc).
-        os.fdatasync(f.tmp_fd)
-        ctx.commit_extents([(f.task.row.id, idx, length, crc, end)])
-    return job
 
 #: bytes of chunk buffers in flight at once (slots x op size)
 INFLIGHT_BYTES = 64 << 20
@@ -89,35 +77,26 @@ def op_size_for(chunk_size: int) -> int:
 
 @dataclass(eq=False)
 class _File:
-    task: StageTask
-    src_fd: int
-    tmp_fd: int
-    size: int
-    src: str
-    dst: str
+    """One file in flight: its stager, and what this engine schedules for it."""
+
+    st: FileStager
     read_off: int  # next offset to read
-    crc_off: int  # next offset to checksum (all before it is checksummed)
-    crc: int
-    ext_idx: int  # index of the extent being checksummed / committed next
-    ext_start: int  # its first byte
-    ext_crc: int = 0
-    #: extents checksummed but not yet committed: idx -> (crc, start)
-    ext_crcs: dict[int, tuple[int, int]] = field(default_factory=dict)
-    #: bytes written per extent index, not yet committed
-    written: dict[int, int] = field(default_factory=dict)
-    commit_idx: int = 0
-    done_bytes: int = 0  # bytes written this run
     in_flight: int = 0
     #: reads finished out of order: offset -> (slot, length)
     ready: dict[int, tuple[int, int]] = field(default_factory=dict)
     #: the sync thread that runs this file's fdatasyncs and fsync
     syncer: int = 0
 
+    @property
+    def task(self) -> StageTask:
+        return self.st.task
+
+    @property
+    def size(self) -> int:
+        return self.st.size
+
     def close(self) -> None:
-        for fd in (self.src_fd, self.tmp_fd):
-            if fd >= 0:
-                os.close(fd)
-        self.src_fd = self.tmp_fd = -1
+        self.st.close()
 
 
 @dataclass(frozen=True, eq=False)
@@ -275,11 +254,8 @@ class _Run:
                 continue
             slot = self.free.pop()
             # A read never crosses an extent boundary: extent CRCs stay op-aligned.
-            start = f.task.resume_from
-            ext = self.ctx.extent_size
-            ext_end = start + ((f.read_off - start) // ext + 1) * ext
-            want = min(self.op, f.size - f.read_off, ext_end - f.read_off)
-            self.q.prep_read(f.src_fd, self.slots[slot][:want], f.read_off,
+            want = f.st.read_len(f.read_off, self.op)
+            self.q.prep_read(f.st.src_fd, self.slots[slot][:want], f.read_off,
                              _Tag(f, slot, want))
             f.read_off += want
             f.in_flight += 1
@@ -299,18 +275,11 @@ class _Run:
 
     def open_next(self) -> None:
         task = self.todo.popleft()
-        src_fd = tmp_fd = -1
         try:
-            src_fd = open_source(task)
-            tmp_fd = open_temp(task)
+            st = FileStager(task, self.ctx).open()
         except BaseException as exc:
-            if src_fd >= 0:
-                os.close(src_fd)
             raise name_file(exc, task)  # noqa: B904 (keeps its own __cause__)
-        r = task.row
-        f = _File(task, src_fd, tmp_fd, r.size, os.fsdecode(r.src), os.fsdecode(r.dst),
-                  task.resume_from, task.resume_from, task.resume_crc, task.next_extent,
-                  task.resume_from, commit_idx=task.next_extent)
+        f = _File(st, task.resume_from)
         f.syncer = self.syncers.assign()
         self.active.append(f)
         if f.read_off >= f.size:
@@ -328,8 +297,8 @@ class _Run:
             res = c.result if c.ok else self.redo(c, f)
             if c.request.op is IOOp.READ:
                 if res < tag.want:
-                    raise SourceChangedError(f"source {f.src!r} shrank while being copied",
-                                             path=f.src)
+                    raise SourceChangedError(
+                        f"source {f.st.src!r} shrank while being copied", path=f.st.src)
                 f.ready[c.request.offset] = (tag.slot, res)
                 self.checksum_and_write(f)
             else:
@@ -342,7 +311,7 @@ class _Run:
         already seen), synchronously on a queue of our own."""
         req: IORequest = c.request
         write = req.op is IOOp.WRITE
-        path = f.dst if write else f.src
+        path = f.st.dst if write else f.st.src
         err = c.errno or _errno.EIO
         what = f"{req.op.value} {path!r} @{req.offset}+{req.length}"
         # The failure seen counts as the first attempt, except one an operator fixes
@@ -366,62 +335,32 @@ class _Run:
 
     def checksum_and_write(self, f: _File) -> None:
         """Checksum, in file order, every read that is ready; submit each one's write."""
-        ext = self.ctx.extent_size
         prepared = 0
-        while f.crc_off in f.ready:
-            slot, n = f.ready.pop(f.crc_off)
+        while (off := f.st.crc_off) in f.ready:
+            slot, n = f.ready.pop(off)
             mv = self.slots[slot][:n]
-            f.crc = crc32c(mv, f.crc)
-            f.ext_crc = crc32c(mv, f.ext_crc)
-            self.q.prep_write(f.tmp_fd, mv, f.crc_off, _Tag(f, slot, n))
+            f.st.chunk(off, mv)
+            self.q.prep_write(f.st.tmp_fd, mv, off, _Tag(f, slot, n))
             f.in_flight += 1
             self.in_flight += 1
             prepared += 1
-            f.crc_off += n
-            if f.crc_off - f.ext_start == ext or f.crc_off == f.size:
-                f.ext_crcs[f.ext_idx] = (f.ext_crc, f.ext_start)
-                f.ext_idx += 1
-                f.ext_crc = 0
-                f.ext_start = f.crc_off
         if prepared:
             self.submit()
 
     def written(self, f: _File, slot: int, offset: int, n: int) -> None:
-        crash_point("stage.after_write")
         self.free.append(slot)
-        self.ctx.on_bytes(n)
-        f.done_bytes += n
-        ext = self.ctx.extent_size
-        idx = f.task.next_extent + (offset - f.task.resume_from) // ext
-        f.written[idx] = f.written.get(idx, 0) + n
-        # Commit, in order, each full extent whose bytes are all written.
-        while f.commit_idx in f.ext_crcs and f.written.get(f.commit_idx, 0) == ext:
-            ecrc, start = f.ext_crcs.pop(f.commit_idx)
-            end = start + ext
-            if end >= f.size:
-                break  # the last extent: the final fsync and STAGED commit cover it
-            del f.written[f.commit_idx]
-            self.syncers.put(f, _extent_job(self.ctx, f, f.commit_idx, ext, ecrc, end))
-            f.commit_idx += 1
-        if f.done_bytes == f.size - f.task.resume_from and f.in_flight == 0:
+        # Commit, in order, each full extent whose bytes are all written: on the file's
+        # sync thread (fdatasync, then the journal).
+        for ext in f.st.written(offset, n):
+            self.syncers.put(f, functools.partial(f.st.commit, ext))
+        if f.st.all_written and f.in_flight == 0:
             self.finish(f)
 
     def finish(self, f: _File) -> None:
-        """Every byte is written: check the source, fsync and close it on its sync thread
-        (after its extent jobs); the result comes back through :meth:`sync_results`."""
-        task, ctx = f.task, self.ctx
-        crc = f.crc
-
-        def job() -> StageResult:
-            check_source_unchanged(f.src_fd, task)
-            apply_metadata(f.tmp_fd, task, ctx.copy_metadata, ctx.umask)
-            if not planted("rename_before_fsync"):
-                fsync_fd(f.tmp_fd)
-            crash_point("stage.after_fsync")
-            f.close()
-            return StageResult(task, crc, f.size, f.size - task.resume_from)
-
-        self.syncers.put(f, job)
+        """Every byte is written: the stager checks the source, fsyncs and closes the file
+        on its sync thread (after its extent jobs); the result comes back through
+        :meth:`sync_results`."""
+        self.syncers.put(f, f.st.finish)
 
     # -- teardown -----------------------------------------------------------------------
 

@@ -133,15 +133,15 @@ def test_free_refuses_unfinished(journal, tmp_path, monkeypatch):
     t = journal.create("f", "sync")
     t.add(s, tmp_path / "d")
     # Make the copy fail: the source changes between dispatch's stat and the copy.
-    from axlpy.engines import _copy
+    from axlpy.engines import _stager
 
-    real = _copy.open_source
+    real = _stager.open_source
 
     def changed(task):
         os.utime(s, ns=(1, 1))
         return real(task)
 
-    monkeypatch.setattr(_copy, "open_source", changed)
+    monkeypatch.setattr(_stager, "open_source", changed)
     with pytest.raises(axlpy.SourceChangedError, match="changed since dispatch") as info:
         t.dispatch()
     assert str(s) in str(info.value)

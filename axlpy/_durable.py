@@ -1,0 +1,216 @@
+"""The durability primitives, once: what a name should hold, an atomic publish of a small
+file, and an unlink that removes only what was verified to be ours.
+
+Every caller that asks "does this name still hold the file we expect" (resume, cancel,
+MPI discard, the commit manifest, ``axlpy verify``), publishes a small file atomically
+(the commit marker) or removes a file only if it is still the one it checked (cancel,
+MPI discard, ``axlpy gc``) goes through here, so the rules are written and proven once:
+
+- an expected entry is a kind (``file``, ``symlink``, ``dir``), a size, a CRC32C and, for
+  a symlink, its target (or the CRC32C of it); a name *matches* when the entry there,
+  looked up relative to a directory fd without following a final symlink, has that kind,
+  size and content. A file is opened ``O_NOFOLLOW | O_NONBLOCK`` (a FIFO planted under
+  the name never blocks the check) and must be a regular file;
+- an atomic publish is: private temp beside the name (O_EXCL, 0600), write, fsync,
+  rename over the name, fsync the directory. A reader sees the old file or the new one;
+- a verified unlink re-checks the entry right before removing it, relative to the same
+  directory fd, and reports whether it removed anything. It does not fsync the
+  directory: callers batch that per directory (see each caller's crash points).
+
+On disk if a call here raises or the process dies: :meth:`Expected.check` only reads;
+:func:`publish_atomic` leaves the old entry (or none) under the name and at most a hidden
+temp; :func:`unlink_verified` has removed the entry or not, never anything else.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass
+from typing import Any
+
+from ._checksum import crc32c, file_crc32c
+from ._errors import SecurityError
+from ._staging import check_staged, create_temp, fsync_dir, fsync_fd, same_entry, unlink_quiet
+
+__all__ = [
+    "Expected",
+    "Mismatch",
+    "expected_of",
+    "publish_atomic",
+    "rename_verified",
+    "unlink_verified",
+]
+
+_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+
+
+@dataclass(frozen=True)
+class Mismatch:
+    """Why a name does not hold the expected entry.
+
+    ``problem`` is one of ``missing``, ``unreadable``, ``wrong-type``, ``size``,
+    ``crc32c``, ``link-target``; the ``actual_*`` fields say what was found (None where
+    not known), ``detail`` the OS error text for ``missing``/``unreadable``.
+    """
+
+    problem: str
+    detail: str | None = None
+    actual_size: int | None = None
+    actual_crc32c: int | None = None
+    actual_target: bytes | None = None
+
+
+@dataclass(frozen=True)
+class Expected:
+    """What a name should hold: ``kind`` ("file", "symlink" or "dir"), a file's ``size``
+    and ``crc32c`` (of its bytes; of its target for a symlink), a symlink's ``link``.
+
+    A symlink is checked against ``link`` when known, else against ``crc32c`` of its
+    target. An expected file or symlink with no CRC32C recorded never matches.
+    """
+
+    kind: str
+    size: int = 0
+    crc32c: int | None = None
+    link: bytes | None = None
+
+    def check(self, dir_fd: int, name: bytes, *, content: bool = True,
+              buf: bytearray | None = None) -> Mismatch | None:
+        """Compare the entry ``name`` in ``dir_fd`` (not followed) with this one; None if it
+        matches. ``content=False`` checks kind and size only (no bytes read)."""
+        try:
+            st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        except (FileNotFoundError, NotADirectoryError) as exc:
+            return Mismatch("missing", detail=exc.strerror)
+        except OSError as exc:
+            return Mismatch("unreadable", detail=exc.strerror)
+        if self.kind == "dir":
+            return None if stat.S_ISDIR(st.st_mode) else Mismatch("wrong-type")
+        if self.kind == "symlink":
+            if not stat.S_ISLNK(st.st_mode):
+                return Mismatch("wrong-type")
+            try:
+                target = os.readlink(name, dir_fd=dir_fd)
+            except OSError as exc:
+                return Mismatch("unreadable", detail=exc.strerror)
+            if self.link is not None:
+                ok = target == self.link
+            else:
+                ok = self.crc32c is not None and crc32c(target) == self.crc32c
+            return None if ok else Mismatch("link-target", actual_target=target)
+        if not stat.S_ISREG(st.st_mode):
+            return Mismatch("wrong-type")
+        if st.st_size != self.size:
+            return Mismatch("size", actual_size=st.st_size)
+        if not content:
+            return None
+        try:
+            fd = os.open(name, _READ_FLAGS, dir_fd=dir_fd)
+        except OSError as exc:
+            return Mismatch("unreadable", detail=exc.strerror)
+        try:
+            # Checked again on the open fd: the name may have been swapped since the stat.
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                return Mismatch("wrong-type")
+            if st.st_size != self.size:
+                return Mismatch("size", actual_size=st.st_size)
+            got, n = file_crc32c(fd, self.size, buf=buf)
+        except OSError as exc:
+            return Mismatch("unreadable", detail=exc.strerror)
+        finally:
+            os.close(fd)
+        if n != self.size:
+            return Mismatch("size", actual_size=n)
+        if self.crc32c is None or got != self.crc32c:
+            return Mismatch("crc32c", actual_crc32c=got)
+        return None
+
+    def matches(self, dir_fd: int, name: bytes, *, buf: bytearray | None = None) -> bool:
+        """Does ``name`` in ``dir_fd`` hold exactly this entry (kind, size, content)?"""
+        return self.check(dir_fd, name, buf=buf) is None
+
+    def check_path(self, path: bytes, *, content: bool = True,
+                   buf: bytearray | None = None) -> Mismatch | None:
+        """:meth:`check` for a path: its parent is opened (following symlinks the caller's
+        path holds, like ``lstat`` on the path would), its last component is not."""
+        parent, name = os.path.split(path)
+        try:
+            dfd = os.open(parent or b".", _DIR_FLAGS)
+        except (FileNotFoundError, NotADirectoryError) as exc:
+            return Mismatch("missing", detail=exc.strerror)
+        except OSError as exc:
+            return Mismatch("unreadable", detail=exc.strerror)
+        try:
+            return self.check(dfd, name, content=content, buf=buf)
+        finally:
+            os.close(dfd)
+
+
+def publish_atomic(dir_fd: int, name: bytes, data: bytes, tmp: bytes, *,
+                   mode: int = 0o644) -> None:
+    """Put ``data`` under ``name`` in ``dir_fd`` atomically and durably: create ``tmp``
+    (O_EXCL, 0600, a stale one replaced), write, chmod ``mode``, fsync, rename over
+    ``name``, fsync the directory.
+
+    Raises OSError if a step fails: the temp is removed and the old entry (or none) is
+    still under ``name``. If the process dies instead: at most ``tmp`` is left, or (after
+    the rename, before the directory fsync) a power loss may bring the old entry back.
+    """
+    fd = create_temp(dir_fd, tmp)
+    try:
+        try:
+            os.fchmod(fd, mode)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            fsync_fd(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except BaseException:
+        unlink_quiet(dir_fd, tmp)
+        raise
+    fsync_dir(dir_fd)
+
+
+def rename_verified(dir_fd: int, tmp: bytes, name: bytes, *, kind: str, size: int,
+                    link: bytes | None, owners: tuple[int, ...]) -> None:
+    """Rename the staged ``tmp`` over ``name`` in ``dir_fd``, only if ``tmp`` is still what
+    was staged (:func:`~axlpy._staging.check_staged`: kind, size or link target, owner),
+    and check that ``name`` then holds that very inode. The directory is not fsynced:
+    the caller fsyncs each directory once per batch of renames.
+
+    Raises :class:`~axlpy.SecurityError` if something else took the temp's place (nothing
+    renamed), or was swapped in between the check and the rename (what then held the
+    final name was removed, so no foreign file stays under it); OSError if the rename
+    fails (nothing renamed).
+    """
+    st = check_staged(dir_fd, tmp, kind=kind, size=size, link=link, owners=owners)
+    os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    if not same_entry(dir_fd, name, st):
+        unlink_quiet(dir_fd, name)
+        raise SecurityError(
+            f"temp {os.fsdecode(tmp)!r} was replaced by someone else while being "
+            "published; the foreign file was removed from the final name")
+
+
+def unlink_verified(dir_fd: int, name: bytes, expect: Expected | os.stat_result, *,
+                    buf: bytearray | None = None) -> bool:
+    """Remove ``name`` from ``dir_fd`` only if it still holds what the caller checked:
+    the :class:`Expected` entry (kind, size, content), or the very inode of a stat result
+    (device and inode, not followed). Returns whether it removed it; False if the entry
+    is gone or is something else, which is left in place. The directory is not fsynced.
+    """
+    if isinstance(expect, Expected):
+        ok = expect.matches(dir_fd, name, buf=buf)
+    else:
+        ok = same_entry(dir_fd, name, expect)
+    return ok and unlink_quiet(dir_fd, name)
+
+
+def expected_of(row: Any) -> Expected:
+    """The entry a journal file row (or manifest entry) says its final name holds."""
+    return Expected(row.kind, row.size, row.crc32c, getattr(row, "link", None))

@@ -1,0 +1,319 @@
+"""Stage one file: source -> private temp beside the destination, checksummed and fsynced.
+
+Every engine stages every file through one :class:`FileStager`; an engine only decides
+which thread calls it and when (SYNC: the caller's thread, one chunk at a time; PTHREAD:
+a worker with its writer thread, chunk ``k + 1`` read while chunk ``k`` is written;
+URING: one thread with many chunks in flight, fsyncs on sync threads). The stager owns
+everything that makes a temp trustworthy, so it is written and proven once:
+
+1. :meth:`~FileStager.open`: the source is opened without following a final symlink or
+   blocking on a FIFO and checked against what dispatch recorded; the temp is created
+   (O_EXCL, 0600; crash point ``stage.after_create_temp``) or, on a resume, reopened and
+   cut back to its verified prefix;
+2. :meth:`~FileStager.read_len`: how much to read at an offset — a read never crosses an
+   extent boundary, so extent CRCs stay chunk-aligned;
+3. :meth:`~FileStager.read` / :meth:`~FileStager.write`: one read or write through an IO
+   queue under the transfer's retry policy (a short read means the source shrank);
+4. :meth:`~FileStager.chunk`: CRC32C of the whole file and of the current extent, in
+   file order (chunks may be *written* in any order, never *checksummed* out of order);
+5. :meth:`~FileStager.written`: a chunk's bytes are in the temp (crash point
+   ``stage.after_write``, progress); returns the extents now fully written, in order;
+6. :meth:`~FileStager.commit`: an extent's bytes are fdatasynced, then its CRC journaled
+   (the journal never vouches for bytes that are not durable). Never retried: after a
+   failed fsync the kernel may have dropped the dirty pages, so a retry would lie;
+7. :meth:`~FileStager.finish`: the source is re-checked (not grown, truncated or
+   rewritten), the final mode (and with metadata copy owner and mtime) applied, the temp
+   fsynced (planted bugs ``rename_before_fsync``/``fsync_noop`` skip it; crash point
+   ``stage.after_fsync``), and both fds closed. The result is the file's CRC32C.
+
+On disk if a step raises or the process dies: the temp holds a prefix of the data
+(extents journaled so far were fdatasynced before being journaled); nothing is under the
+final name; the source is never written. :meth:`~FileStager.close` releases the fds.
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+import os
+import stat
+from typing import NamedTuple
+
+from .._checksum import crc32c
+from .._crashpoints import crash_point
+from .._errors import (
+    AxlError,
+    BadSourceError,
+    IOBackendError,
+    SourceChangedError,
+    TransferError,
+)
+from .._planted import planted
+from .._staging import create_temp, fsync_fd
+from ..io import IOQueue
+from ._base import StageContext, StageResult, StageTask
+
+__all__ = ["Extent", "FileStager", "name_file", "open_source", "queue_io"]
+
+_SRC_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
+
+
+class Extent(NamedTuple):
+    """A fully written extent, ready to be made durable and journaled."""
+
+    idx: int
+    length: int
+    crc32c: int
+    end: int  # bytes of the file done once it is committed
+
+
+def open_source(task: StageTask) -> int:
+    """Open the source read-only without following a final symlink or blocking on a FIFO,
+    and check it is still the regular file recorded at dispatch."""
+    row = task.row
+    name = os.fsdecode(row.src)
+    try:
+        fd = os.open(row.src, _SRC_FLAGS)
+    except FileNotFoundError as exc:
+        raise SourceChangedError(f"source {name!r} vanished after dispatch",
+                                 path=name) from exc
+    except OSError as exc:
+        if exc.errno == _errno.ELOOP:
+            raise SourceChangedError(f"source {name!r} became a symlink after dispatch",
+                                     path=name) from exc
+        raise
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise BadSourceError(f"source {name!r} is no longer a regular file")
+        if st.st_size != row.size or st.st_mtime_ns != row.mtime_ns:
+            raise SourceChangedError(
+                f"source {name!r} changed since dispatch (size {row.size} -> {st.st_size}, "
+                f"mtime_ns {row.mtime_ns} -> {st.st_mtime_ns}); not copied", path=name)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def queue_io(queue: IOQueue, write: bool, fd: int, buf: memoryview, offset: int,
+             what: str, path: str) -> int:
+    """One read or write through ``queue``, waited for; raises IOBackendError on -errno."""
+    if write:
+        queue.prep_write(fd, buf, offset)
+    else:
+        queue.prep_read(fd, buf, offset)
+    queue.submit()
+    got: list[int] = []
+    while not got:
+        for c in queue.reap(1):
+            got.append(c.result)
+    res = got[0]
+    if res < 0:
+        err = -res
+        raise IOBackendError(
+            f"{what} of {path!r} failed: {os.strerror(err)}", errno=err, path=path
+        ) from OSError(err, os.strerror(err), path)
+    return res
+
+
+def name_file(exc: BaseException, task: StageTask) -> BaseException:
+    """Make sure an error raised while staging ``task`` names its file.
+
+    A TransferError without a path gets one; an error outside axlpy's tree (an OSError
+    from open, say) is wrapped in a TransferError naming the file, the original chained
+    as ``__cause__``. Other axlpy errors (SecurityError, ...) are returned unchanged.
+    """
+    dst = os.fsdecode(task.row.dst)
+    if isinstance(exc, TransferError):
+        if exc.path is None:
+            exc.path = dst
+        return exc
+    if isinstance(exc, AxlError) or not isinstance(exc, Exception):
+        return exc
+    err = TransferError(f"copying {os.fsdecode(task.row.src)!r} to {dst!r} failed: "
+                        f"{type(exc).__name__}: {exc}", path=dst)
+    err.__cause__ = exc
+    return err
+
+
+class FileStager:
+    """Stages one file into its temp (see the module docstring for the steps).
+
+    Not thread-safe by itself: an engine calls :meth:`chunk` in file order from one
+    thread at a time, and :meth:`written`/:meth:`commit`/:meth:`finish` from one thread
+    at a time (they may be a different thread from :meth:`chunk`'s, as in URING).
+    """
+
+    def __init__(self, task: StageTask, ctx: StageContext) -> None:
+        self.task = task
+        self.ctx = ctx
+        row = task.row
+        self.size = row.size
+        self.src = os.fsdecode(row.src)
+        self.dst = os.fsdecode(row.dst)
+        self.src_fd = -1
+        self.tmp_fd = -1
+        self.crc = task.resume_crc
+        #: next offset to checksum (every byte before it is checksummed)
+        self.crc_off = task.resume_from
+        #: bytes written by this run (the kept prefix of a resume not counted)
+        self.done_bytes = 0
+        self._ext = ctx.extent_size
+        self._ext_idx = task.next_extent  # the extent being checksummed
+        self._ext_start = task.resume_from
+        self._ext_crc = 0
+        #: checksummed extents not yet committed: idx -> (crc, start)
+        self._ext_crcs: dict[int, tuple[int, int]] = {}
+        #: bytes written per extent not yet committed
+        self._written: dict[int, int] = {}
+        self._commit_idx = task.next_extent
+
+    # -- open -----------------------------------------------------------------------------
+
+    def open(self) -> FileStager:
+        """Open (and check) the source, then create the temp or reopen a resumed one.
+        On error nothing stays open; a temp created is left for cancel/resume."""
+        task = self.task
+        src_fd = open_source(task)
+        try:
+            if task.resume_from:
+                # Keep the verified prefix; anything past it is cut off, never trusted.
+                with task.dir() as dir_fd:
+                    tmp_fd = os.open(task.tmp, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                                     dir_fd=dir_fd)
+                try:
+                    os.ftruncate(tmp_fd, task.resume_from)
+                except BaseException:
+                    os.close(tmp_fd)
+                    raise
+            else:
+                with task.dir() as dir_fd:
+                    tmp_fd = create_temp(dir_fd, task.tmp)
+                self.tmp_fd = tmp_fd
+                crash_point("stage.after_create_temp")
+        except BaseException:
+            os.close(src_fd)
+            if self.tmp_fd >= 0:
+                os.close(self.tmp_fd)
+                self.tmp_fd = -1
+            raise
+        self.src_fd, self.tmp_fd = src_fd, tmp_fd
+        return self
+
+    # -- bytes ----------------------------------------------------------------------------
+
+    def read_len(self, offset: int, room: int) -> int:
+        """Bytes to read at ``offset`` into a buffer of ``room``: never past the end of
+        the file or across an extent boundary (extents count from the resume point)."""
+        start = self.task.resume_from
+        ext_end = start + ((offset - start) // self._ext + 1) * self._ext
+        return max(0, min(room, self.size - offset, ext_end - offset))
+
+    def read(self, queue: IOQueue, buf: memoryview, offset: int) -> int:
+        """Fill ``buf`` from the source at ``offset`` under the retry policy; a short read
+        means the source shrank (SourceChangedError)."""
+        want = buf.nbytes
+        n = self.ctx.retry(
+            lambda: queue_io(queue, False, self.src_fd, buf, offset, "read", self.src),
+            f"read {self.src!r} @{offset}+{want}")
+        if n < want:
+            raise SourceChangedError(f"source {self.src!r} shrank while being copied",
+                                     path=self.src)
+        return n
+
+    def write(self, queue: IOQueue, data: memoryview, offset: int) -> int:
+        """Write ``data`` to the temp at ``offset`` under the retry policy."""
+        return self.ctx.retry(
+            lambda: queue_io(queue, True, self.tmp_fd, data, offset, "write", self.dst),
+            f"write {self.dst!r} @{offset}+{data.nbytes}")
+
+    def chunk(self, offset: int, data: memoryview) -> None:
+        """Checksum the chunk at ``offset``; chunks come in file order."""
+        assert offset == self.crc_off, "chunks are checksummed in file order"
+        self.crc = crc32c(data, self.crc)
+        self._ext_crc = crc32c(data, self._ext_crc)
+        self.crc_off += data.nbytes
+        if self.crc_off - self._ext_start == self._ext or self.crc_off == self.size:
+            self._ext_crcs[self._ext_idx] = (self._ext_crc, self._ext_start)
+            self._ext_idx += 1
+            self._ext_crc = 0
+            self._ext_start = self.crc_off
+
+    def written(self, offset: int, n: int) -> list[Extent]:
+        """``n`` bytes at ``offset`` are in the temp (not yet durable). Returns, in order,
+        the extents now checksummed and fully written; each is to be :meth:`commit`-ted in
+        that order. The last extent is never returned: :meth:`finish` covers it."""
+        crash_point("stage.after_write")
+        self.ctx.on_bytes(n)
+        self.done_bytes += n
+        ext = self._ext
+        idx = self.task.next_extent + (offset - self.task.resume_from) // ext
+        self._written[idx] = self._written.get(idx, 0) + n
+        ready: list[Extent] = []
+        while (self._commit_idx in self._ext_crcs
+               and self._written.get(self._commit_idx, 0) == ext):
+            ecrc, start = self._ext_crcs[self._commit_idx]
+            end = start + ext
+            if end >= self.size:
+                break  # the last extent: the final fsync and STAGED commit cover it
+            del self._ext_crcs[self._commit_idx]
+            del self._written[self._commit_idx]
+            ready.append(Extent(self._commit_idx, ext, ecrc, end))
+            self._commit_idx += 1
+        return ready
+
+    @property
+    def all_written(self) -> bool:
+        """Has every byte this run must copy been written?"""
+        return self.done_bytes == self.size - self.task.resume_from
+
+    def commit(self, ext: Extent) -> None:
+        """Make an extent's bytes durable (fdatasync), then journal its CRC."""
+        os.fdatasync(self.tmp_fd)
+        self.ctx.commit_extents([(self.task.row.id, ext.idx, ext.length, ext.crc32c,
+                                  ext.end)])
+
+    # -- finish ---------------------------------------------------------------------------
+
+    def finish(self) -> StageResult:
+        """Every byte is written: re-check the source, apply metadata, fsync the temp,
+        close both fds; the result carries the file's CRC32C."""
+        task = self.task
+        self.check_source_unchanged()
+        self.apply_metadata()
+        if not planted("rename_before_fsync"):
+            fsync_fd(self.tmp_fd)
+        crash_point("stage.after_fsync")
+        self.close()
+        return StageResult(task, self.crc, self.size, self.size - task.resume_from)
+
+    def check_source_unchanged(self) -> None:
+        """After the copy: the source must not have grown, been truncated or rewritten."""
+        row = self.task.row
+        st = os.fstat(self.src_fd)
+        extra = os.pread(self.src_fd, 1, row.size)
+        if st.st_size != row.size or st.st_mtime_ns != row.mtime_ns or extra:
+            raise SourceChangedError(
+                f"source {self.src!r} changed while being copied (size {row.size} -> "
+                f"{st.st_size}); the partial copy was not published", path=self.src)
+
+    def apply_metadata(self) -> None:
+        """Give the temp its final mode (and, with metadata copy, owner and mtime); the
+        umask is the transfer's, read once (``StageContext.umask``), not once per file."""
+        row, fd = self.task.row, self.tmp_fd
+        if self.ctx.copy_metadata:
+            try:
+                os.fchown(fd, row.uid, row.gid)
+            except PermissionError:
+                pass  # only root may give files away; mode and mtime still apply
+            os.fchmod(fd, row.mode & 0o7777)
+            os.utime(fd, ns=(row.mtime_ns, row.mtime_ns))
+        else:
+            os.fchmod(fd, row.mode & 0o777 & ~self.ctx.umask)
+
+    def close(self) -> None:
+        """Close the source and temp fds. Idempotent."""
+        for fd in (self.src_fd, self.tmp_fd):
+            if fd >= 0:
+                os.close(fd)
+        self.src_fd = self.tmp_fd = -1
