@@ -62,6 +62,12 @@ class Mismatch:
     actual_target: bytes | None = None
 
 
+def _os_mismatch(exc: OSError) -> Mismatch:
+    """A failed lookup: the name (or a directory above it) is missing, or unreadable."""
+    gone = isinstance(exc, (FileNotFoundError, NotADirectoryError))
+    return Mismatch("missing" if gone else "unreadable", detail=exc.strerror)
+
+
 @dataclass(frozen=True)
 class Expected:
     """What a name should hold: ``kind`` ("file", "symlink" or "dir"), a file's ``size``
@@ -82,10 +88,8 @@ class Expected:
         matches. ``content=False`` checks kind and size only (no bytes read)."""
         try:
             st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-        except (FileNotFoundError, NotADirectoryError) as exc:
-            return Mismatch("missing", detail=exc.strerror)
         except OSError as exc:
-            return Mismatch("unreadable", detail=exc.strerror)
+            return _os_mismatch(exc)
         if self.kind == "dir":
             return None if stat.S_ISDIR(st.st_mode) else Mismatch("wrong-type")
         if self.kind == "symlink":
@@ -139,10 +143,8 @@ class Expected:
         parent, name = os.path.split(path)
         try:
             dfd = os.open(parent or b".", _DIR_FLAGS)
-        except (FileNotFoundError, NotADirectoryError) as exc:
-            return Mismatch("missing", detail=exc.strerror)
         except OSError as exc:
-            return Mismatch("unreadable", detail=exc.strerror)
+            return _os_mismatch(exc)
         try:
             return self.check(dfd, name, content=content, buf=buf)
         finally:
