@@ -97,7 +97,7 @@ def test_publish_atomic_writes_durably_and_leaves_no_temp(tmp_path: Path, d: int
 def test_publish_atomic_failure_keeps_old_entry(tmp_path: Path, d: int) -> None:
     os.mkdir(tmp_path / "m")
     (tmp_path / "m" / "inside").write_bytes(b"keep")
-    with pytest.raises(OSError):
+    with pytest.raises(IsADirectoryError):
         publish_atomic(d, b"m", b"data", b".m.tmp")  # cannot rename a file over a dir
     assert (tmp_path / "m" / "inside").read_bytes() == b"keep"
     assert sorted(os.listdir(tmp_path)) == ["m"]  # the temp was removed
