@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -152,10 +153,13 @@ class Expected:
 
 
 def publish_atomic(dir_fd: int, name: bytes, data: bytes, tmp: bytes, *,
-                   mode: int = 0o644) -> None:
+                   mode: int = 0o644, after: Callable[[str], None] | None = None) -> None:
     """Put ``data`` under ``name`` in ``dir_fd`` atomically and durably: create ``tmp``
     (O_EXCL, 0600, a stale one replaced), write, chmod ``mode``, fsync, rename over
     ``name``, fsync the directory.
+
+    ``after`` is called with ``"temp"`` (temp written and fsynced), ``"rename"`` (renamed,
+    directory not fsynced) and ``"dir_fsync"`` (durable): the caller's crash points.
 
     Raises OSError if a step fails: the temp is removed and the old entry (or none) is
     still under ``name``. If the process dies instead: at most ``tmp`` is left, or (after
@@ -171,11 +175,17 @@ def publish_atomic(dir_fd: int, name: bytes, data: bytes, tmp: bytes, *,
             fsync_fd(fd)
         finally:
             os.close(fd)
+        if after is not None:
+            after("temp")
         os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
     except BaseException:
         unlink_quiet(dir_fd, tmp)
         raise
+    if after is not None:
+        after("rename")
     fsync_dir(dir_fd)
+    if after is not None:
+        after("dir_fsync")
 
 
 def rename_verified(dir_fd: int, tmp: bytes, name: bytes, *, kind: str, size: int,

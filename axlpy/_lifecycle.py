@@ -41,6 +41,7 @@ from typing import Any
 
 from ._checksum import crc32c
 from ._crashpoints import crash_point
+from ._durable import publish_atomic
 from ._errors import UsageError
 from ._manifest import (
     InvalidCheckpointError,
@@ -50,7 +51,7 @@ from ._manifest import (
     order_key,
     read_manifest,
 )
-from ._staging import create_temp, fsync_dir, fsync_fd, unlink_quiet
+from ._staging import fsync_dir, unlink_quiet
 from ._transfer import Transfer
 
 __all__ = [
@@ -287,24 +288,17 @@ def _write_pointer(dfd: int, ptr: Pointer) -> None:
     data = json.dumps(dict(body, body_crc32c=crc32c(_canonical(body))), sort_keys=True,
                       indent=1).encode() + b"\n"
     tmp = (_POINTER_TEMP + secrets.token_hex(4)).encode()
-    fd = create_temp(dfd, tmp)
-    try:
-        try:
-            os.fchmod(fd, 0o644)
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            fsync_fd(fd)
-        finally:
-            os.close(fd)
+    publish_atomic(dfd, POINTER.encode(), data, tmp, mode=0o644, after=_pointer_step)
+
+
+def _pointer_step(step: str) -> None:
+    """The crash points of a pointer publish (see :func:`publish_atomic`)."""
+    if step == "temp":
         crash_point("latest.after_temp")
-        os.rename(tmp, POINTER.encode(), src_dir_fd=dfd, dst_dir_fd=dfd)
-    except BaseException:
-        unlink_quiet(dfd, tmp)
-        raise
-    crash_point("latest.after_rename")
-    fsync_dir(dfd)
-    crash_point("latest.after_dir_fsync")
+    elif step == "rename":
+        crash_point("latest.after_rename")
+    else:
+        crash_point("latest.after_dir_fsync")
 
 
 def _repair_locked(d: str, dfd: int, verify: str) -> tuple[Pointer | None, bool]:
