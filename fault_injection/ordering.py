@@ -10,7 +10,8 @@ Rules checked (each violation is one problem):
 
 1. every temp file is fsynced after its last write and before its rename;
 2. a journal commit followed by the ``stage.after_commit`` marker (STAGED) lies between a
-   temp's fsync and its rename;
+   temp's fsync and its rename: the commit's WAL write began after the temp's fsync
+   returned, and its WAL fsync returned before the marker;
 3. the directory of every renamed file is fsynced after the rename and before the WAL
    commit that the next ``publish.after_commit`` marker (PUBLISHED) follows;
 4. every directory created by ``mkdir`` has its parent fsynced before the next commit;
@@ -18,6 +19,18 @@ Rules checked (each violation is one problem):
    after the last WAL write, i.e. the commit was durable before the code went on;
 6. no temp is created before DISPATCHED is durable; move mode: no source is unlinked
    before RENAMED is durable, and source directories are fsynced before COMPLETED.
+
+Commits are attributed per thread. Several threads commit to the journal (the io_uring
+engine's sync threads journal extents while the driver thread journals STAGED and
+PUBLISHED), and a marker is written after the journal lock is released, so in the merged
+``strace -f`` stream another thread's next commit (its WAL write, its fsync still to come)
+can sit between a commit and its marker. SQLite writes and fsyncs the WAL on the thread
+that commits, and a crash point runs on the thread that committed, so the commit a marker
+follows is the marker's own thread's last WAL write, and the fsync that made it durable is
+a later WAL fsync on that same thread (one thread's calls are sequential, so that fsync
+started after the write; an fsync on another thread may have started before it).
+Lines are in completion order; ``strace`` prints a call's result before the thread
+returns to user space, so a step another thread waited for comes first.
 
 Not modelled: the kernel's own ordering (ext4 may make a rename durable with the inode),
 data written through mmap, and io_uring requests (not visible to strace).
@@ -75,9 +88,10 @@ def audit(calls: list[Call], journal: str, trace: str, src_root: str,
     def is_temp(p: str) -> bool:
         return bool(TEMP_PATTERN.search(os.fsencode(os.path.basename(p))))
 
-    markers: list[tuple[int, str]] = []
-    wal_writes: list[int] = []
+    markers: list[tuple[int, str, int]] = []  # (call index, name, thread)
+    wal_writes: list[tuple[int, int]] = []  # (call index, thread)
     wal_syncs: list[int] = []
+    wal_syncs_by: list[tuple[int, int]] = []  # (call index, thread)
     syncs: dict[str, list[int]] = {}
     last_data: dict[str, int] = {}
     renames: list[Call] = []
@@ -89,15 +103,16 @@ def audit(calls: list[Call], journal: str, trace: str, src_root: str,
         ok = c.ret >= 0
         p = c.paths[0] if c.paths else ""
         if c.name == "write" and p == trace and ok:
-            markers.append((c.idx, c.data.strip()))
+            markers.append((c.idx, c.data.strip(), c.pid))
         elif c.name in ("pwrite64", "write", "pwritev", "pwritev2", "writev") and ok:
             if p == wal:
-                wal_writes.append(c.idx)
+                wal_writes.append((c.idx, c.pid))
             else:
                 last_data[p] = c.idx
         elif c.name in ("fsync", "fdatasync") and ok:
             if p == wal:
                 wal_syncs.append(c.idx)
+                wal_syncs_by.append((c.idx, c.pid))
             syncs.setdefault(p, []).append(c.idx)
         elif c.name in ("rename", "renameat", "renameat2") and ok and len(c.paths) == 2:
             renames.append(c)
@@ -121,14 +136,26 @@ def audit(calls: list[Call], journal: str, trace: str, src_root: str,
         return any(lo < i < hi for i in wal_syncs)
 
     def next_marker(name: str, after: int) -> int | None:
-        return next((i for i, n in markers if n == name and i > after), None)
+        return next((i for i, n, _ in markers if n == name and i > after), None)
 
-    # 5: every commit marker is preceded by a durable WAL commit.
-    for i, n in markers:
+    def commit_before(i: int, tid: int) -> tuple[int | None, bool]:
+        """The commit marker ``i`` (on thread ``tid``) follows: the thread's last WAL write
+        before it (None: none), and whether a WAL fsync on that thread lies in between."""
+        lw = max((w for w, t in wal_writes if t == tid and w < i), default=None)
+        if lw is None:
+            return None, False
+        return lw, any(lw < s < i for s, t in wal_syncs_by if t == tid)
+
+    # 5: every commit marker is preceded by a durable WAL commit (on its own thread).
+    for i, n, tid in markers:
         if not n.endswith(_COMMIT_MARKERS):
             continue
-        lw = max((w for w in wal_writes if w < i), default=None)
-        if lw is not None and not wal_commit_between(lw, i):
+        lw, durable = commit_before(i, tid)
+        if lw is None:
+            # the thread wrote no WAL itself: hold it to the last write of any thread
+            lw = max((w for w, _ in wal_writes if w < i), default=None)
+            durable = lw is None or wal_commit_between(lw, i)
+        if not durable:
             bad.append(f"rule 5: {n} reached but the WAL written at call {lw} was not "
                        "fsynced (commit not durable)")
     # 1 + 2: temps fsynced, then STAGED commit, then rename.
@@ -144,9 +171,17 @@ def audit(calls: list[Call], journal: str, trace: str, src_root: str,
             bad.append(f"rule 1: {os.path.basename(old)} renamed to {new} without an fsync "
                        "of the temp after its last write")
             continue
-        m = next((i for i, n in markers if n == "stage.after_commit" and fs[-1] < i < r.idx),
-                 None)
-        if m is None or not wal_commit_between(fs[-1], m):
+        # Any STAGED commit that began after the temp's fsync returned and was durable
+        # before its marker (not merely the first marker after the fsync: that one may
+        # close a commit another group made while this temp was being fsynced).
+        staged = False
+        for i, n, tid in markers:
+            if n == "stage.after_commit" and fs[-1] < i < r.idx:
+                lw, durable = commit_before(i, tid)
+                if lw is not None and lw > fs[-1] and durable:
+                    staged = True
+                    break
+        if not staged:
             bad.append(f"rule 2: {new} renamed before its STAGED record was committed")
     # 3: directory fsync after rename, before the PUBLISHED commit.
     for r in renames:
