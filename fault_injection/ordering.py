@@ -14,7 +14,8 @@ Rules checked (each violation is one problem):
    returned, and its WAL fsync returned before the marker;
 3. the directory of every renamed file is fsynced after the rename and before the WAL
    commit that the next ``publish.after_commit`` marker (PUBLISHED) follows;
-4. every directory created by ``mkdir`` has its parent fsynced before the next commit;
+4. every directory created by ``mkdir`` has its parent fsynced before the next commit
+   (on the thread that created it);
 5. every ``*after_commit`` marker (and takeover/reset markers) is preceded by a WAL fsync
    after the last WAL write, i.e. the commit was durable before the code went on;
 6. no temp is created before DISPATCHED is durable; move mode: no source is unlinked
@@ -197,11 +198,14 @@ def audit(calls: list[Call], journal: str, trace: str, src_root: str,
         if w is None or not synced_between(ddir, r.idx, w):
             bad.append(f"rule 3: directory {ddir} not fsynced between the rename of "
                        f"{os.path.basename(new)} and the PUBLISHED commit")
-    # 4: mkdir's parent fsynced before the next commit.
+    # 4: mkdir's parent fsynced before the next commit on the thread that made it (a
+    # commit another thread makes meanwhile, e.g. STAGED for a file elsewhere on the
+    # driver while a worker creates directories, does not record this directory).
     for mk in mkdirs:
         x = mk.paths[0]
         parent = os.path.dirname(x)
-        nxt = min((i for i in wal_syncs if i > mk.idx), default=10**12)
+        nxt = min((i for i, t in wal_syncs_by if i > mk.idx and t == mk.pid),
+                  default=10**12)
         if not synced_between(parent, mk.idx, nxt):
             bad.append(f"rule 4: parent {parent} of new directory {os.path.basename(x)} not "
                        "fsynced before the next journal commit")

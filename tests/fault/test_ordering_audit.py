@@ -91,3 +91,22 @@ def test_rename_without_a_staged_commit_is_reported() -> None:
     lines = [*DISPATCHED, *CREATE, *TEMP_FSYNC, *PUBLISH]
     assert run(lines) == [f"rule 2: {R}/dst/f renamed before its STAGED record was "
                           "committed"]
+
+
+MKDIR = [f'{SYNC} mkdirat(AT_FDCWD<{R}>, "{R}/dst/a", 0700) = 0']
+PARENT_FSYNC = [f"{SYNC} fsync(9<{R}/dst>) = 0"]
+
+
+def test_commit_on_another_thread_between_mkdir_and_parent_fsync_passes() -> None:
+    # a worker creates a directory; the driver commits STAGED for another file before the
+    # worker fsyncs the parent and journals the directory
+    lines = [*DISPATCHED, *MKDIR, *commit(DRIVER, "stage.after_commit"), *PARENT_FSYNC,
+             *commit(SYNC, "stage.after_mkdir_commit")]
+    assert run(lines) == []
+
+
+def test_mkdir_committed_before_its_parent_fsync_is_reported() -> None:
+    lines = [*DISPATCHED, *MKDIR, *commit(SYNC, "stage.after_mkdir_commit"),
+             *PARENT_FSYNC]
+    assert run(lines) == [f"rule 4: parent {R}/dst of new directory a not fsynced before "
+                          "the next journal commit"]
