@@ -11,6 +11,8 @@ Tables (schema version :data:`SCHEMA_VERSION` in ``PRAGMA user_version``, axlpy'
 - ``extents``: the CRC32C of each fixed-size extent of a file's temp as it became durable.
 - ``events``: append-only, one row per transition with a timestamp, so ``sqlite3 journal.db
   "select * from events"`` answers "what happened to this transfer".
+- ``created_dirs``: each destination directory a run created (path, device, inode), which
+  cancel removes once empty (schema 3).
 
 Every state change is one ``BEGIN IMMEDIATE`` transaction, committed (``synchronous=FULL``
 in WAL mode, so a commit is durable when it returns) **before** the side effect it permits.
@@ -379,7 +381,9 @@ class JournalDB:
             raise JournalError(
                 f"journal {self.path!r} is corrupt: {'; '.join(str(r[0]) for r in bad[:3])}"
             )
-        missing = {"transfers", "files", "extents", "events"} - self._table_names()
+        need = {"transfers", "files", "extents", "events"} | (
+            {"created_dirs"} if ver >= 3 else set())
+        missing = need - self._table_names()
         if missing:
             raise JournalError(f"journal {self.path!r} lacks tables {sorted(missing)}")
         return int(ver)
@@ -585,8 +589,7 @@ class JournalDB:
             )
             db.execute("DELETE FROM files WHERE transfer_id = ?", (tid,))
             db.execute("DELETE FROM events WHERE transfer_id = ?", (tid,))
-            if self._has_table("created_dirs"):
-                db.execute("DELETE FROM created_dirs WHERE transfer_id = ?", (tid,))
+            db.execute("DELETE FROM created_dirs WHERE transfer_id = ?", (tid,))
             db.execute("DELETE FROM transfers WHERE id = ?", (tid,))
 
     def record_event(self, tid: int, event: str, detail: str | None = None,
@@ -597,10 +600,8 @@ class JournalDB:
     # -- directories a run created (cancel removes them when empty) --------------------
 
     def record_created_dir(self, tid: int, path: bytes, dev: int, ino: int) -> None:
-        """Journal (durably) that this transfer created directory ``path``. The table is
-        created on first use (``CREATE TABLE IF NOT EXISTS``): older journals stay valid."""
+        """Journal (durably) that this transfer created directory ``path``."""
         with self.transaction() as db:
-            db.execute(_CREATED_DIRS_DDL)
             db.execute("INSERT OR REPLACE INTO created_dirs (transfer_id, path, dev, ino)"
                        " VALUES (?, ?, ?, ?)", (tid, path, dev, ino))
         crash_point("stage.after_mkdir_commit")
@@ -608,16 +609,10 @@ class JournalDB:
     def created_dirs(self, tid: int) -> list[tuple[bytes, int, int]]:
         """``(path, dev, ino)`` of every directory the transfer recorded creating."""
         with self._lock:
-            if not self._has_table("created_dirs"):
-                return []
             rows = self.conn.execute(
                 "SELECT path, dev, ino FROM created_dirs WHERE transfer_id = ? ORDER BY path",
                 (tid,)).fetchall()
         return [(bytes(r[0]), int(r[1]), int(r[2])) for r in rows]
-
-    def _has_table(self, name: str) -> bool:
-        return self.conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND"
-                                 " name = ?", (name,)).fetchone() is not None
 
     def record_events(self, tid: int,
                       events: Sequence[tuple[str, str | None, int | None]]) -> None:
@@ -757,12 +752,6 @@ class JournalDB:
             ).fetchone()
         return int(r[0]), int(r[1]), int(r[2] or 0), int(r[3])
 
-
-#: directories a run created (see docs/design.md); created on first use, not versioned
-_CREATED_DIRS_DDL = (
-    "CREATE TABLE IF NOT EXISTS created_dirs (transfer_id INTEGER NOT NULL REFERENCES"
-    " transfers(id), path BLOB NOT NULL, dev INTEGER NOT NULL, ino INTEGER NOT NULL,"
-    " PRIMARY KEY (transfer_id, path))")
 
 _TRANSFER_COLS = (
     "id, name, type, state, token, options, created_ns, updated_ns, owner_pid, owner_host,"

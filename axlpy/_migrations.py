@@ -18,6 +18,10 @@ Step history:
   (:mod:`axlpy._lease`). An owned row gets its ``updated_ns`` (the owner's last commit)
   as heartbeat and the default lease, so a schema-1 transfer whose owner died on another
   host expires like any other instead of needing ``force``.
+- 3: ``created_dirs`` (transfer, path, device, inode of each destination directory a run
+  created; cancel removes them once empty). Journals written before this step by code
+  that created the table on first use already hold it, with the same definition: the
+  step keeps it and its rows (``IF NOT EXISTS``).
 """
 
 from __future__ import annotations
@@ -48,8 +52,16 @@ def _v2_owner_lease(conn: sqlite3.Connection) -> None:
     )
 
 
+def _v3_created_dirs(conn: sqlite3.Connection) -> None:
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS created_dirs (transfer_id INTEGER NOT NULL REFERENCES"
+        " transfers(id), path BLOB NOT NULL, dev INTEGER NOT NULL, ino INTEGER NOT NULL,"
+        " PRIMARY KEY (transfer_id, path))")
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(2, "owner lease (heartbeat time, lease length)", _v2_owner_lease),
+    Migration(3, "created_dirs (directories a run created)", _v3_created_dirs),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 
