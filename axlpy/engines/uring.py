@@ -228,6 +228,7 @@ class _Run:
             if not self.in_flight:
                 continue
             for c in self.q.reap(1, _SLICE if self.syncers.pending else _POLL):
+                # after a cancel, completions only give their slots back (no new writes)
                 self.complete(c)
 
     def sync_results(self, timeout: float) -> None:
@@ -334,9 +335,17 @@ class _Run:
         return self.ctx.retry(attempt, what)
 
     def checksum_and_write(self, f: _File) -> None:
-        """Checksum, in file order, every read that is ready; submit each one's write."""
+        """Checksum, in file order, every read that is ready; submit each one's write.
+
+        Writes go to the queue in batches of at most its depth, and none is prepared once
+        the cancel flag is set: after a cancel (or Ctrl-C) only the batch already handed
+        to the queue is written (docs/engines.md, "How far URING writes after a cancel")."""
+        depth = self.q.depth
+        cancel = self.ctx.cancel
         prepared = 0
         while (off := f.st.crc_off) in f.ready:
+            if cancel.is_set():
+                break  # the loop raises TransferCancelledError; reads stay unwritten
             slot, n = f.ready.pop(off)
             mv = self.slots[slot][:n]
             f.st.chunk(off, mv)
@@ -344,6 +353,9 @@ class _Run:
             f.in_flight += 1
             self.in_flight += 1
             prepared += 1
+            if prepared == depth:
+                self.submit()
+                prepared = 0
         if prepared:
             self.submit()
 
