@@ -91,13 +91,6 @@ NOT_RUN: dict[str, str] = {
     "docs/lifecycle.md: $ axlpy prune /pfs/job/ckpt --keep-last 3 [--keep-every": "a "
     "synopsis ([optional] flags, placeholder paths); tests/integration/test_lifecycle.py "
     "runs prune",
-    "docs/lifecycle.md: ct = amp.CommTransfer.create(comm": "an outline of the MPI and "
-    "single-process forms side by side (comm, jdir, shared are the caller's); "
-    "tests/integration/test_lifecycle.py runs both",
-    "docs/lifecycle.md: rp = axlpy.restore_point(": "an attribute listing on /pfs paths "
-    "(rank is the caller's); tests/integration/test_lifecycle.py runs restore_point",
-    "docs/lifecycle.md: axlpy.prune(": "an outline on /pfs paths with an MPI form "
-    "(`...` arguments); tests/integration/test_lifecycle.py runs prune",
     "docs/operators-guide.md: $": "a recorded session (pids, times and sizes in the "
     "output are that run's); the same commands run from quickstart.md",
 }
