@@ -15,18 +15,24 @@ MPI discard, ``axlpy gc``) goes through here, so the rules are written and prove
   rename over the name, fsync the directory. A reader sees the old file or the new one;
 - a verified unlink re-checks the entry right before removing it, relative to the same
   directory fd, and reports whether it removed anything. It does not fsync the
-  directory: callers batch that per directory (see each caller's crash points).
+  directory: callers batch that per directory (see each caller's crash points);
+- a sealed JSON document (the commit marker, the latest pointer) is its body plus
+  ``body_crc32c``, the CRC32C of the body's canonical JSON (sorted keys, no spaces),
+  written indented with sorted keys and a final newline; reading it checks its
+  ``format`` and that CRC, so a torn or bit-rotted copy is refused.
 
 On disk if a call here raises or the process dies: :meth:`Expected.check` only reads;
 :func:`publish_atomic` leaves the old entry (or none) under the name and at most a hidden
-temp; :func:`unlink_verified` has removed the entry or not, never anything else.
+temp; :func:`unlink_verified` has removed the entry or not, never anything else;
+:func:`seal_json`, :func:`unseal_json` and :func:`sealed_crc` touch nothing on disk.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,7 +46,10 @@ __all__ = [
     "expected_of",
     "publish_atomic",
     "rename_verified",
+    "seal_json",
+    "sealed_crc",
     "unlink_verified",
+    "unseal_json",
 ]
 
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
@@ -207,6 +216,33 @@ def rename_verified(dir_fd: int, tmp: bytes, name: bytes, *, kind: str, size: in
         raise SecurityError(
             f"temp {os.fsdecode(tmp)!r} was replaced by someone else while being "
             "published; the foreign file was removed from the final name")
+
+
+def sealed_crc(body: Mapping[str, Any]) -> int:
+    """CRC32C of ``body``'s canonical JSON (sorted keys, no spaces)."""
+    return crc32c(json.dumps(body, sort_keys=True, separators=(",", ":")).encode())
+
+
+def seal_json(body: Mapping[str, Any]) -> bytes:
+    """A self-checked JSON document (commit marker, latest pointer): ``body`` plus
+    ``body_crc32c`` (:func:`sealed_crc`), indented with sorted keys, newline-terminated.
+    Published with :func:`publish_atomic`, a reader sees it whole or not at all; the CRC
+    catches a torn or bit-rotted copy all the same."""
+    return json.dumps(dict(body, body_crc32c=sealed_crc(body)), sort_keys=True,
+                      indent=1).encode() + b"\n"
+
+
+def unseal_json(raw: bytes, fmt: str, what: str) -> dict[str, Any]:
+    """The body of what :func:`seal_json` wrote, its ``format`` field checked to be
+    ``fmt``. Raises ValueError (not JSON, another format, CRC mismatch: "torn or damaged
+    ``what``") or KeyError (no ``body_crc32c``)."""
+    doc = json.loads(raw)
+    if not isinstance(doc, dict) or doc.get("format") != fmt:
+        raise ValueError(f"format is not {fmt!r}")
+    want = doc.pop("body_crc32c")
+    if sealed_crc(doc) != want:
+        raise ValueError(f"body CRC32C does not match (torn or damaged {what})")
+    return doc
 
 
 def unlink_verified(dir_fd: int, name: bytes, expect: Expected | os.stat_result, *,

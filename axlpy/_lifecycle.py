@@ -30,7 +30,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import json
 import logging
 import os
 import secrets
@@ -39,9 +38,8 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._checksum import crc32c
 from ._crashpoints import crash_point
-from ._durable import publish_atomic
+from ._durable import publish_atomic, seal_json, sealed_crc, unseal_json
 from ._errors import UsageError
 from ._manifest import (
     InvalidCheckpointError,
@@ -237,12 +235,8 @@ class Pointer:
             name, m.committed_ns, _marker_crc(m))
 
 
-def _canonical(body: Mapping[str, Any]) -> bytes:
-    return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
-
-
 def _marker_crc(m: Manifest) -> int:
-    return crc32c(_canonical(m.body()))
+    return sealed_crc(m.body())
 
 
 def read_pointer(directory: str | os.PathLike[str]) -> Pointer | None:
@@ -261,12 +255,7 @@ def read_pointer(directory: str | os.PathLike[str]) -> Pointer | None:
     except OSError as exc:
         raise InvalidCheckpointError(f"cannot read {path!r}: {exc}") from exc
     try:
-        doc = json.loads(raw)
-        if not isinstance(doc, dict) or doc.get("format") != POINTER_FORMAT:
-            raise ValueError(f"format is not {POINTER_FORMAT!r}")
-        want = doc.pop("body_crc32c")
-        if crc32c(_canonical(doc)) != want:
-            raise ValueError("body CRC32C does not match (torn or damaged pointer)")
+        doc = unseal_json(raw, POINTER_FORMAT, "pointer")
         name = str(doc["checkpoint"])
         if not name or "/" in name or is_hidden(name):
             raise ValueError(f"checkpoint {name!r} is not a plain name")
@@ -285,8 +274,7 @@ def _write_pointer(dfd: int, ptr: Pointer) -> None:
         if n.startswith(_POINTER_TEMP):
             unlink_quiet(dfd, os.fsencode(n))
     body = ptr.body()
-    data = json.dumps(dict(body, body_crc32c=crc32c(_canonical(body))), sort_keys=True,
-                      indent=1).encode() + b"\n"
+    data = seal_json(body)
     tmp = (_POINTER_TEMP + secrets.token_hex(4)).encode()
     publish_atomic(dfd, POINTER.encode(), data, tmp, mode=0o644, after=_pointer_step)
 

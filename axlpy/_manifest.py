@@ -21,7 +21,6 @@ journal and calls :func:`write_manifest`.
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
 import time
@@ -29,9 +28,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._checksum import crc32c
 from ._crashpoints import crash_point
-from ._durable import Expected, publish_atomic
+from ._durable import Expected, publish_atomic, seal_json, unseal_json
 from ._errors import AxlError
 from ._staging import unlink_quiet
 
@@ -123,10 +121,6 @@ class Manifest:
                                                           other.entries)
 
 
-def _canonical(body: Mapping[str, Any]) -> bytes:
-    return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
-
-
 def _check_rel(path: str) -> None:
     parts = path.split("/")
     if not path or path.startswith("/") or ".." in parts or path == MARKER:
@@ -211,8 +205,7 @@ def write_manifest(checkpoint_dir: str | os.PathLike[str], manifest: Manifest, *
             if old.same_files(manifest):
                 return old
     body = manifest.body()
-    doc = dict(body, body_crc32c=crc32c(_canonical(body)))
-    data = json.dumps(doc, sort_keys=True, indent=1).encode() + b"\n"
+    data = seal_json(body)
     tmp = (_TEMP_PREFIX + secrets.token_hex(4)).encode()
     dfd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
@@ -249,12 +242,7 @@ def read_manifest(checkpoint_dir: str | os.PathLike[str]) -> Manifest:
     except OSError as exc:
         raise InvalidCheckpointError(f"cannot read {mpath!r}: {exc}") from exc
     try:
-        doc = json.loads(raw)
-        if not isinstance(doc, dict) or doc.get("format") != FORMAT:
-            raise ValueError(f"format is not {FORMAT!r}")
-        want = doc.pop("body_crc32c")
-        if crc32c(_canonical(doc)) != want:
-            raise ValueError("body CRC32C does not match (torn or damaged marker)")
+        doc = unseal_json(raw, FORMAT, "marker")
         entries = tuple(ManifestEntry.from_json(e) for e in doc["files"])
         meta = dict(doc.get("meta") or {})
         m = Manifest(str(doc["name"]), int(doc["nranks"]), entries,
