@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import axlpy
-from axlpy.io import IOQueue, IORequest, PosixIOQueue, probe_queue
+from axlpy.io import IOOp, IOQueue, IORequest, PosixIOQueue, open_queue, probe_queue
 
 # The real probe, run once (probe_queue is cached; io_uring is probed in a child process
 # that checks the liburing version, opens a ring and moves bytes through it).
@@ -176,6 +176,93 @@ class PosixWrapperQueue(IOQueue):
 
     def prep(self, request: IORequest) -> None:
         self.inner.prep(request)
+
+    def submit(self) -> int:
+        return self.inner.submit()
+
+    def reap(self, min_complete=1, timeout=None):
+        return self.inner.reap(min_complete, timeout)
+
+    @property
+    def depth(self) -> int:
+        return self.inner.depth
+
+    @property
+    def in_flight(self) -> int:
+        return self.inner.in_flight
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def start_process_threads(j: axlpy.Journal, tmp: Path) -> None:
+    """Run one tiny SYNC transfer in ``j`` (under ``tmp``), then free it, so the threads
+    that live as long as the process (the lease heartbeat, one per process, started by
+    the first transfer that runs: docs/design.md) exist before a test counts threads;
+    any thread a transfer itself leaves behind is still counted."""
+    (tmp / "warm-src").write_bytes(b"w")
+    t = j.create("warm-up", "sync")
+    t.add(tmp / "warm-src", tmp / "warm-dst")
+    t.dispatch()
+    t.free()
+
+
+class WriteGate:
+    """Holds a transfer's writes in mid-flight: once ``after`` bytes have gone through
+    its queues, every further write waits until ``release`` is set. So a cancel (or
+    whatever the test does) certainly arrives while the transfer is copying, however
+    fast or loaded the machine, and the transfer cannot complete before it.
+
+    Pass ``queue_factory=gate.queue``; each queue wraps a real one opened by name
+    (``inner``: ``"uring"`` keeps the URING engine on a real ring). ``held`` is set when
+    the first write is held. For a cancel, hold until the transfer is told to stop:
+    ``gate.release = t._cancel`` (set by ``cancel()`` before it waits for the run).
+    A gate never released lets writes go after ``timeout`` seconds and says so in
+    ``timed_out`` (the test then fails on its own assertions instead of hanging).
+    """
+
+    def __init__(self, after: int, inner: str = "posix", timeout: float = 300.0) -> None:
+        self.after = after
+        self.inner = inner
+        self.timeout = timeout
+        self.release = threading.Event()
+        self.held = threading.Event()
+        self.timed_out = False
+        self.passed = 0  # bytes written before the gate closed
+        self._lock = threading.Lock()
+
+    def queue(self, depth: int) -> IOQueue:
+        return _GatedQueue(self, open_queue(self.inner, depth=depth))
+
+    def before(self, request: IORequest) -> None:
+        if request.op is not IOOp.WRITE:
+            return
+        with self._lock:
+            closed = self.held.is_set() or self.passed + request.length > self.after
+            if closed:
+                self.held.set()
+            else:
+                self.passed += request.length
+        if closed and not self.release.wait(self.timeout):
+            self.timed_out = True
+
+
+class _GatedQueue(IOQueue):
+    """A real queue (any kind) whose writes first pass :meth:`WriteGate.before`."""
+
+    name = "gated"
+
+    def __init__(self, gate: WriteGate, inner: IOQueue) -> None:
+        self.gate = gate
+        self.inner = inner
+        self.thread_safe = inner.thread_safe  # type: ignore[misc]
+
+    def prep(self, request: IORequest) -> None:
+        self.gate.before(request)
+        self.inner.prep(request)
+
+    def accepts(self, request: IORequest) -> bool:
+        return self.inner.accepts(request)
 
     def submit(self) -> int:
         return self.inner.submit()

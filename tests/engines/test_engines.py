@@ -19,7 +19,7 @@ from axlpy.engines import ENGINE_TYPES
 from axlpy.engines.threaded import default_workers
 from axlpy.engines.uring import op_size_for
 from axlpy.io import IOOp, IORequest
-from tests.conftest import PosixWrapperQueue, type_params
+from tests.conftest import PosixWrapperQueue, WriteGate, start_process_threads, type_params
 
 TYPES = type_params(ENGINE_TYPES)
 BACKGROUND = [p for p in TYPES if p.values[0] != "sync"]
@@ -160,17 +160,24 @@ def test_background_error_from_test(area, ttype):
 def test_live_cancel_stops_workers_and_leaks_nothing(area, ttype):
     _tree(area / "src", [24 * MiB] * 4)
     j = axlpy.Journal(area / "j.db")
+    start_process_threads(j, area)
     threads_before = set(threading.enumerate())
     fds_before = _fds()
-    t = j.create("t", ttype, chunk_size=256 * KiB, extent_size=MiB)
+    # The gate: once 1 MiB of the 96 is written, every write waits for the cancel flag,
+    # so cancel() certainly arrives mid-transfer (whatever engine DEFAULT picks here and
+    # however loaded the machine), and the run cannot complete first.
+    gate = WriteGate(MiB, inner="uring" if ttype == "uring" else "posix")
+    t = j.create("t", ttype, chunk_size=256 * KiB, extent_size=MiB,
+                 queue_factory=gate.queue)
+    gate.release = t._cancel
     t.add(area / "src", area / "dst")
-    progressed = threading.Event()
-    t._on_progress = lambda p: progressed.set() if p.bytes_done > MiB else None
     t.dispatch()
-    assert progressed.wait(60)
+    assert gate.held.wait(120), "no write ever reached the gate"
+    assert t.running
     t0 = time.monotonic()
     report = t.cancel()
     took = time.monotonic() - t0
+    assert not gate.timed_out
     assert t.state is axlpy.TransferState.CANCELLED
     assert not t.running
     assert report.removed_temps  # files were in flight: the live cancel says so
@@ -273,31 +280,19 @@ def test_resume_distrusts_corrupt_extent(area, ttype):
     j.close()
 
 
-class GatedQueue(PosixWrapperQueue):
-    """A real POSIX queue whose writes past ``limit`` bytes wait for ``gate``: the copy
-    stops mid-file deterministically, whatever the machine's speed."""
-
-    gate = threading.Event()
-    limit = 8 * MiB
-
-    def prep(self, request: IORequest) -> None:
-        if request.op is IOOp.WRITE and request.offset >= GatedQueue.limit:
-            GatedQueue.gate.wait(60)
-        PosixWrapperQueue.prep(self, request)
-
-
 @pytest.mark.parametrize("ttype", BACKGROUND)
 def test_status_from_another_process_shows_progress(area, ttype):
     size = 32 * MiB
     (area / "src" / "big").write_bytes(os.urandom(size))
     jp = area / "j.db"
     j = axlpy.Journal(jp)
-    GatedQueue.gate.clear()
+    limit = 8 * MiB
+    gate = WriteGate(limit, inner="uring" if ttype == "uring" else "posix")
     t = j.create("t", ttype, chunk_size=256 * KiB, extent_size=MiB, queue_depth=4,
-                 queue_factory=GatedQueue)
+                 queue_factory=gate.queue)
     t.add(area / "src", area / "dst")
     # Gate: the first verified extent is committed (so the journal shows progress); the
-    # writes past GatedQueue.limit wait, so the copy cannot finish meanwhile.
+    # writes past ``limit`` bytes wait, so the copy cannot finish meanwhile.
     committed = threading.Event()
     add_extents = j.db.add_extents
 
@@ -314,10 +309,11 @@ def test_status_from_another_process_shows_progress(area, ttype):
         out = subprocess.run([sys.executable, "-c", code, str(jp)],
                              capture_output=True, text=True, check=True).stdout.split()
     finally:
-        GatedQueue.gate.set()
+        gate.release.set()
     t.wait(timeout=120)
+    assert not gate.timed_out
     assert out[0] in ("DISPATCHED", "PAUSED")
-    assert 0 < int(out[1]) <= GatedQueue.limit and int(out[2]) == size
+    assert 0 < int(out[1]) <= limit and int(out[2]) == size
     assert (area / "dst" / "big").read_bytes() == (area / "src" / "big").read_bytes()
     j.close()
 
@@ -327,22 +323,28 @@ def test_many_transfers_in_flight_at_once(area, ttype):
     n = 6
     j = axlpy.Journal(area / "j.db")
     ts = []
+    # The third one is held mid-copy (its writes past 64 KiB wait for its cancel):
+    # cancelling it certainly happens in flight, and must not touch the others.
+    held = WriteGate(64 * KiB, inner="uring" if ttype == "uring" else "posix")
     for i in range(n):
         src = area / "src" / f"s{i}"
         src.mkdir()
         _tree(src, [(i + 1) * 300_000, 4096, 0])
-        t = j.create(f"t{i}", ttype, chunk_size=64 * KiB, extent_size=256 * KiB, workers=2)
+        t = j.create(f"t{i}", ttype, chunk_size=64 * KiB, extent_size=256 * KiB, workers=2,
+                     queue_factory=held.queue if i == 2 else None)
+        if i == 2:
+            held.release = t._cancel
         t.add(src, area / "dst" / f"s{i}")
         ts.append(t)
     for t in ts:
         t.dispatch()
-    try:
-        ts[2].cancel()
-    except axlpy.InvalidTransitionError:
-        assert ts[2].state is axlpy.TransferState.COMPLETED  # it won the race
+    assert held.held.wait(120), "the held transfer never reached its gate"
+    ts[2].cancel()
+    assert not held.timed_out
     for i, t in enumerate(ts):
         t.wait(timeout=120)
-        if i == 2 and t.state is axlpy.TransferState.CANCELLED:
+        if i == 2:
+            assert t.state is axlpy.TransferState.CANCELLED
             assert not (area / "dst" / "s2").exists() or not any(
                 p.is_file() for p in (area / "dst" / "s2").rglob("*"))
         else:

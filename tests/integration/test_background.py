@@ -1,5 +1,6 @@
 """Background transfers under stress: many in flight in one process, cancel at random
-moments (seeded, replayable) with the foundation's invariants checked after each."""
+moments (seeded, replayable; a write gate holds each run at its moment) with the
+foundation's invariants checked after each."""
 
 from __future__ import annotations
 
@@ -12,25 +13,12 @@ import pytest
 
 import axlpy
 from axlpy.engines import ENGINE_TYPES
-from axlpy.io import IOOp, IORequest
-from tests.conftest import PosixWrapperQueue, type_params
+from tests.conftest import WriteGate, start_process_threads, type_params
 
 BACKGROUND = type_params([t for t in ENGINE_TYPES if t != "sync"])
 SEED = int(os.environ.get("AXLPY_TEST_SEED", "20261121"))
 KiB = 1024
 MiB = 1024 * KiB
-
-
-class PacedQueue(PosixWrapperQueue):
-    """A real POSIX queue that paces writes (1 ms each), so a transfer is still in flight
-    when the random cancel arrives, however fast the machine is."""
-
-    name = "paced"
-
-    def prep(self, request: IORequest) -> None:
-        if request.op is IOOp.WRITE:
-            time.sleep(0.001)
-        super().prep(request)
 
 
 @pytest.fixture
@@ -78,29 +66,39 @@ def test_cancel_at_random_moments(area, ttype):
     files = _make_src(src, rng, 12)
     total = sum(len(d) for d in files.values())
     j = axlpy.Journal(area / "j.db")
+    start_process_threads(j, area)
     outcomes = []
     threads_before = set(threading.enumerate())
     fds_before = set(os.listdir("/proc/self/fd"))
-    for i in range(12):
+    rounds = 12
+    for i in range(rounds):
         dst = area / f"dst{i}"
+        # The moment: a random number of bytes written (the last round: all of them, so
+        # the cancel comes after COMPLETED). Past it every write waits for the cancel, so
+        # each of the other rounds is cancelled mid-transfer, whatever engine DEFAULT
+        # picks and however loaded the machine.
+        at = rng.random() * total if i < rounds - 1 else total
+        gate = WriteGate(int(at), inner="uring" if ttype == "uring" else "posix")
         t = j.create(f"t{i}", ttype, chunk_size=64 * KiB, extent_size=256 * KiB,
-                     workers=rng.choice([0, 1, 3]), queue_factory=PacedQueue)
+                     workers=rng.choice([0, 1, 3]), queue_factory=gate.queue)
+        gate.release = t._cancel
         t.add(src, dst)
-        at = rng.random() * total
-        hit = threading.Event()
-        t._on_progress = lambda p, at=at, hit=hit: hit.set() if p.bytes_done >= at else None
         t.dispatch()
-        hit.wait(5)
-        try:
+        if i < rounds - 1:
+            assert gate.held.wait(120), f"round {i}: no write reached the gate at {at:.0f}"
             t.cancel()
-        except axlpy.InvalidTransitionError:
-            pass  # COMPLETED before the cancel arrived: also fine
+        else:
+            t.wait(timeout=120)
+            with pytest.raises(axlpy.InvalidTransitionError):
+                t.cancel()  # COMPLETED: cancel is refused and undoes nothing
+            assert not gate.held.is_set()
         t.wait(timeout=120)
+        assert not gate.timed_out
         outcomes.append(_check_invariants(t, dst, files))
         t.free()
     assert set(threading.enumerate()) - threads_before == set()
     assert set(os.listdir("/proc/self/fd")) - fds_before == set()
-    assert "CANCELLED" in outcomes, f"seed {SEED}: never cancelled in flight: {outcomes}"
+    assert outcomes == ["CANCELLED"] * (rounds - 1) + ["COMPLETED"], f"seed {SEED}"
     j.close()
 
 

@@ -16,7 +16,7 @@ import pytest
 import axlpy
 from axlpy.engines import ENGINE_TYPES
 from axlpy.io import FaultyIOQueue, IOOp, IORequest, PosixIOQueue, open_queue
-from tests.conftest import pause_gate, resize_tmpfs, type_params
+from tests.conftest import pause_gate, resize_tmpfs, start_process_threads, type_params
 
 TYPES = type_params(ENGINE_TYPES)
 
@@ -243,6 +243,7 @@ def test_disk_full_pause_then_operator_cancels(area, small_fs, ttype, how):
     (area / "src" / "big").write_bytes(os.urandom(6 * MiB))
     flag = area / "flag"
     j = axlpy.Journal(area / "j.db")
+    start_process_threads(j, area)
     fds_before = set(os.listdir("/proc/self/fd"))
     threads_before = set(threading.enumerate())
     t = j.create("t", ttype, chunk_size=256 * KiB, extent_size=MiB,
