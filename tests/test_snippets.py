@@ -15,6 +15,7 @@ import os
 import re
 import subprocess
 import sys
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,9 +48,10 @@ def _blocks() -> list[Block]:
     out = []
     for f in DOC_FILES:
         text = f.read_text()
-        for m in re.finditer(r"^```(\w*)\n(.*?)^```", text, re.S | re.M):
+        # a fence may be indented (a block inside a list item): same indent closes it
+        for m in re.finditer(r"^( *)```(\w*)\n(.*?)^\1```", text, re.S | re.M):
             out.append(Block(str(f.relative_to(ROOT)), text[:m.start()].count("\n") + 1,
-                             m.group(1), m.group(2)))
+                             m.group(2), textwrap.dedent(m.group(3))))
     return out
 
 
@@ -86,11 +88,27 @@ NOT_RUN: dict[str, str] = {
     "mpiexec); examples/mpi_checkpoint.py, run by tests/mpi, is the runnable form",
     "docs/mpi.md: .venv/bin/mpiexec -n 4 .venv/bin/python tests/mpi/bench_flush.py": "a "
     "benchmark (minutes)",
+    "docs/mpi.md: $ export PATH=$PWD/.venv/bin:$PATH": "transcript: the restart-on-other-"
+    "nodes walkthrough's first run, real output (pids, lease ages, times are that run's; "
+    "fixed workdir /tmp/c16demo shared by anyone running it; which ranks reach step 20 "
+    "before mpiexec kills them depends on scheduling); tests/mpi/test_mpi.py::"
+    "test_restart_on_other_nodes_takes_over_by_force_or_lease_expiry runs the same "
+    "kill, refusal (OwnershipError) and takeover under mpiexec",
+    "docs/mpi.md: $ AXLPY_HOST_ID=node-b ": "transcript: the same walkthrough's "
+    "`axlpy ls` and restarts from node-b (needs the first run's killed journals; pids and "
+    "ages are that run's); tests/mpi/test_mpi.py::"
+    "test_restart_on_other_nodes_takes_over_by_force_or_lease_expiry runs the refusal "
+    "and the forced takeover, test_finish_from_another_node_needs_force_before_lease_"
+    "expiry the same from one process",
     "docs/quickstart.md: $ python3 -m venv ~/axlpy-venv": "creates a venv and installs "
     "axlpy into it (minutes); the other quickstart blocks run with this checkout's venv",
     "docs/lifecycle.md: $ axlpy prune /pfs/job/ckpt --keep-last 3 [--keep-every": "a "
     "synopsis ([optional] flags, placeholder paths); tests/integration/test_lifecycle.py "
     "runs prune",
+    "docs/retry.md: echo continue > /run/axlpy/job42.flag.tmp": "writes the flag of a "
+    "paused job at that job's path (/run/axlpy is the operator's); tests/unit/"
+    "test_retry.py::test_flag_file_continue_written_by_another_thread_resumes writes a "
+    "flag the same way (temp, then rename) and checks it resumes the call",
     "docs/operators-guide.md: $": "a recorded session (pids, times and sizes in the "
     "output are that run's); the same commands run from quickstart.md",
 }
