@@ -98,7 +98,7 @@ def find_unfinished(paths: Iterable[str]) -> list[DrainItem]:
         with j:
             for row in j.db.transfers():
                 _, bt, _, _ = j.db.progress(row.id)
-                if "mpi" in row.options:
+                if row.options.mpi is not None:
                     events = [e["event"] for e in j.db.events(row.id)]
                     ckpts.setdefault((os.path.dirname(path), row.name), []).append(
                         (row, events, bt))
@@ -118,7 +118,7 @@ def find_unfinished(paths: Iterable[str]) -> list[DrainItem]:
         item = DrainItem("checkpoint", jdir, name,
                          ",".join(sorted(s.value for s in states)),
                          bytes_total=sum(bt for _, _, bt in ranks),
-                         ranks=sorted(int(row.options["mpi"].get("rank", -1))
+                         ranks=sorted(int((row.options.mpi or {}).get("rank", -1))
                                       for row, _, _ in ranks))
         if _EV_DISCARD in seen or _T.CANCELLED in states:
             item.result, item.detail = "skipped", "discarded (cancelled); nothing to commit"

@@ -27,6 +27,7 @@ from typing import Any, cast
 from ._admission import EVENT as ADMISSION_EVENT, AdmissionStats
 from ._cancel import CancelReport
 from ._checksum import crc32c, file_crc32c
+from ._config import Options
 from ._crashpoints import crash_point
 from ._durable import expected_of, rename_verified
 from ._errors import (
@@ -40,6 +41,7 @@ from ._errors import (
 from ._fdbudget import fd_budget
 from ._journal import FileRow, JournalDB, TransferRow
 from ._planted import planted
+from ._retry import RetryEvent
 from ._staging import DirCache, fsync_dir, fsync_fd, unlink_quiet
 from ._state import FileState, TransferState
 from .engines import Engine, StageContext, StageResult, StageTask, stage_chunk_size
@@ -133,6 +135,9 @@ class Driver:
         self.t = trow
         self.engine = engine
         self.opts = trow.options
+        #: the state this driver last committed or read: every transition it makes is a
+        #: compare-and-set against it, so a change by anyone else is caught, not overwritten
+        self._seen = trow.state
         self.open_queue = open_queue
         self.progress = progress
         self.cancel_event = cancel or threading.Event()
@@ -150,15 +155,30 @@ class Driver:
     # -- helpers ------------------------------------------------------------------------
 
     def _state(self) -> TransferState:
-        return self.jdb.transfer_by_id(self.t.id).state
+        """The state committed in the journal now; transitions compare against it."""
+        self._seen = self.jdb.transfer_by_id(self.t.id).state
+        return self._seen
 
     def _move(self, to: TransferState, event: str, **kw: Any) -> None:
-        frm = self._state()
-        self.jdb.set_state(self.t.id, frm, to, event=event, name=self.t.name, **kw)
+        """Commit ``to`` if the journal still holds the state this driver last saw;
+        JournalError (nothing written) if someone else moved the transfer meanwhile."""
+        self.jdb.set_state(self.t.id, self._seen, to, event=event, name=self.t.name, **kw)
+        self._seen = to
+
+    def on_pause(self, event: RetryEvent) -> None:
+        """Journal PAUSED (the retry policy waits for an operator). Called from engine
+        threads, so several may race: the first one journals it, the others do nothing."""
+        if self.jdb.pause(self.t.id, f"{event.what}: {event.error}", name=self.t.name):
+            self._seen = _T.PAUSED
+
+    def on_resume(self, event: RetryEvent) -> None:
+        """Journal DISPATCHED again (an operator said continue); once, like
+        :meth:`on_pause`."""
+        if self.jdb.unpause(self.t.id, event.what, name=self.t.name):
+            self._seen = _T.DISPATCHED
 
     def _dirs(self) -> DirCache:
-        return DirCache(mkdirs=bool(self.opts.get("mkdirs", True)),
-                        follow_symlinks=bool(self.opts.get("follow_dst_symlinks", False)),
+        return DirCache(mkdirs=self.opts.mkdirs, follow_symlinks=self.opts.follow_dst_symlinks,
                         max_open=self.fds.dirs, on_mkdir=self._record_mkdir)
 
     def _record_mkdir(self, path: bytes, st: os.stat_result) -> None:
@@ -193,8 +213,7 @@ class Driver:
             raise SecurityError(f"{where} does not match its root and relative path; "
                                 "refusing to write")
         if root not in self._recorded_roots:
-            roots = self.opts.get("roots") or []
-            if os.fsdecode(root) not in roots:
+            if os.fsdecode(root) not in self.opts.roots:
                 raise SecurityError(f"{where} is outside the destination roots recorded "
                                     "at create time; refusing to write")
             self._recorded_roots.add(root)
@@ -225,7 +244,9 @@ class Driver:
                 raise
             msg = str(exc) if isinstance(exc, AxlError) else f"{type(exc).__name__}: {exc}"
             with contextlib.suppress(Exception):
-                state = self._state()
+                # Against the state this run last saw: if someone else moved the
+                # transfer meanwhile, their state stands (the compare-and-set fails).
+                state = self._seen
                 if _T.FAILED in _transitions_from(state):
                     self._move(_T.FAILED, "fail", error=msg, owner=None)
             if isinstance(exc, AxlError):
@@ -274,14 +295,14 @@ class Driver:
 
     def _stage_and_publish(self, tasks: list[StageTask]) -> None:
         ctx = StageContext(
-            chunk_size=stage_chunk_size(int(self.opts.get("chunk_size", 8 << 20)), tasks),
-            extent_size=int(self.opts.get("extent_size", 64 << 20)),
-            copy_metadata=bool(self.opts.get("metadata", False)),
+            chunk_size=stage_chunk_size(self.opts.chunk_size, tasks),
+            extent_size=self.opts.extent_size,
+            copy_metadata=self.opts.metadata,
             open_queue=self.open_queue,
             commit_extents=self._commit_extents,
             on_bytes=self.progress.add_bytes,
             cancel=self.cancel_event,
-            workers=int(self.opts.get("workers", 0) or 0),
+            workers=self.opts.workers,
             max_open_files=self.fds.files,
         )
         if self.retry is not None:
@@ -401,7 +422,7 @@ class Driver:
     def _temp_owners(self) -> tuple[int, ...]:
         """Who may own a staged temp: us, or (metadata copy as root) the source's owner."""
         me = os.geteuid()
-        if not self.opts.get("metadata", False) or me != 0:
+        if not self.opts.metadata or me != 0:
             return (me,)
         if self._owners is None:
             self._owners = (me, *{r.uid for r in self.jdb.files(self.t.id)
@@ -425,7 +446,7 @@ class Driver:
         if not todo:
             return
         self._check_fence()
-        meta = bool(self.opts.get("metadata", False))
+        meta = self.opts.metadata
         for r in sorted(todo, key=lambda r: r.rel.count(b"/") if r.rel else -1,
                         reverse=True):
             fd = dirs.open(r.root, r.rel)
@@ -442,7 +463,7 @@ class Driver:
     def finish(self) -> None:
         """From RENAMED: delete sources (move mode), then COMPLETED. Idempotent."""
         self._check_fence()
-        if self.opts.get("move"):
+        if self.opts.move:
             self._delete_sources()
         self._move(_T.COMPLETED, "complete", owner=None)
         crash_point("complete.after_commit")
@@ -593,7 +614,7 @@ class Driver:
                             unlink_quiet(dfd, r.tmp)
                         reset.append(r)
                 elif r.state is _F.PUBLISHED and (
-                    not self.opts.get("verify_published", True)
+                    not self.opts.verify_published
                     or (dfd >= 0 and self._matches(dfd, name, r, buf))
                 ):
                     # Verified work counts as done, so progress reaches 100%.
@@ -653,7 +674,7 @@ class Driver:
         again. Returns the :class:`CancelReport`."""
         self._check_fence()
         state = self._state()
-        if state is _T.RENAMED and self.opts.get("move"):
+        if state is _T.RENAMED and self.opts.move:
             raise UsageError(
                 f"transfer {self.t.name!r} already published every file and is deleting "
                 "its sources (move mode); cancel would lose data — resume it to finish")
@@ -670,8 +691,7 @@ class Driver:
         skipped: set[tuple[bytes, bytes]] = set()
         # Directories are opened like a run opens them (below each root with O_NOFOLLOW),
         # never created: a directory swapped for a symlink is refused, not followed.
-        with DirCache(mkdirs=False,
-                      follow_symlinks=bool(self.opts.get("follow_dst_symlinks", False)),
+        with DirCache(mkdirs=False, follow_symlinks=self.opts.follow_dst_symlinks,
                       max_open=self.fds.dirs) as dirs:
             for r in rows:
                 if r.kind == "dir" or r.state is _F.CANCELLED:
@@ -745,7 +765,7 @@ class Driver:
                              ) -> list[tuple[bytes, bytes]]:
         """rmdir each directory recorded in ``created_dirs`` that is empty and still the
         inode that was created, deepest first; returns the parents to fsync."""
-        roots = [os.fsencode(r) for r in self.opts.get("roots") or []]
+        roots = [os.fsencode(r) for r in self.opts.roots]
         parents: list[tuple[bytes, bytes]] = []
         created = self.jdb.created_dirs(self.t.id)
         for path, dev, ino in sorted(created, key=lambda c: c[0].count(b"/"), reverse=True):
@@ -820,7 +840,8 @@ class _Fenced:
     """The journal as one driver writes it: each write checks the driver's fence first,
     so an abandoned run cannot commit anything once its stuck call returns."""
 
-    _WRITES = frozenset({"set_state", "set_files", "record_event", "add_extents", "claim"})
+    _WRITES = frozenset({"set_state", "set_files", "record_event", "add_extents", "claim",
+                         "pause", "unpause"})
 
     def __init__(self, jdb: JournalDB, fence: threading.Event, name: str) -> None:
         self._jdb = jdb
@@ -856,9 +877,9 @@ class _RowName:
 _Adds = tuple[dict[bytes, bytes], dict[bytes, bytes]]
 
 
-def _recorded_adds(opts: dict[str, Any]) -> _Adds | None:
+def _recorded_adds(opts: Options) -> _Adds | None:
     """The sources each ``add()`` named, as recorded in the transfer's options."""
-    recorded = opts.get("adds")
+    recorded = opts.adds
     if recorded is None:
         return None
     trees: dict[bytes, bytes] = {}
@@ -882,25 +903,25 @@ def _transitions_from(state: TransferState) -> Iterable[TransferState]:
     return TRANSITIONS[state]
 
 
-def assign_temps(rows: Iterable[FileRow], token: str, tid: int) -> list[tuple[str, Sequence[Any]]]:
-    """SQL to record each file's temp name (inside the DISPATCHED transaction)."""
+def assign_temps(rows: Iterable[FileRow], token: str, tid: int) -> list[tuple[int, bytes]]:
+    """``(file id, temp basename)`` of each file and symlink (journaled by dispatch)."""
     from ._staging import temp_name
 
-    out: list[tuple[str, Sequence[Any]]] = []
+    out: list[tuple[int, bytes]] = []
     for r in rows:
         if r.kind == "dir":
             continue
-        tmp = temp_name(_dir_and_name(r.rel)[1], token, tid, r.id)
-        out.append(("UPDATE files SET tmp = ? WHERE id = ?", (tmp, r.id)))
+        out.append((r.id, temp_name(_dir_and_name(r.rel)[1], token, tid, r.id)))
     return out
 
 
-def restat_sources(rows: Iterable[FileRow]) -> list[tuple[str, Sequence[Any]]]:
-    """SQL to record each source's size and mtime as of dispatch; raises BadSourceError
-    naming a source that vanished or changed kind since add()."""
+def restat_sources(rows: Iterable[FileRow]) -> list[tuple[int, int, int, int]]:
+    """``(file id, size, mtime_ns, mode)`` of each source file as of dispatch (journaled
+    by dispatch); raises BadSourceError naming a source that vanished or changed kind
+    since add()."""
     from ._errors import BadSourceError
 
-    out: list[tuple[str, Sequence[Any]]] = []
+    out: list[tuple[int, int, int, int]] = []
     for r in rows:
         if r.kind != "file":
             continue
@@ -911,7 +932,6 @@ def restat_sources(rows: Iterable[FileRow]) -> list[tuple[str, Sequence[Any]]]:
                                  "dispatch") from None
         if not os.path.isfile(r.src):
             raise BadSourceError(f"source {os.fsdecode(r.src)!r} is no longer a file")
-        out.append(("UPDATE files SET size = ?, mtime_ns = ?, mode = ? WHERE id = ?",
-                    (st.st_size, st.st_mtime_ns, st.st_mode & 0o7777, r.id)))
+        out.append((r.id, st.st_size, st.st_mtime_ns, st.st_mode & 0o7777))
     return out
 

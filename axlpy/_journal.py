@@ -49,6 +49,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from . import _fstype
+from ._config import Options
 from ._crashpoints import crash_point
 from ._errors import JournalError, OwnershipError, SecurityError
 from ._imports import sqlite_utils as _sqlite_utils
@@ -83,7 +84,7 @@ class TransferRow:
     type: str
     state: TransferState
     token: str
-    options: dict[str, Any]
+    options: Options
     created_ns: int
     updated_ns: int
     owner: Owner | None
@@ -441,8 +442,7 @@ class JournalDB:
 
     # -- transfers ------------------------------------------------------------------------
 
-    def create_transfer(self, name: str, type_: str, token: str,
-                        options: Mapping[str, Any]) -> int:
+    def create_transfer(self, name: str, type_: str, token: str, options: Options) -> int:
         now = time.time_ns()
         with self.transaction() as db:
             if db.execute("SELECT 1 FROM transfers WHERE name = ?", (name,)).fetchone():
@@ -451,7 +451,7 @@ class JournalDB:
                 "INSERT INTO transfers (name, type, state, token, options, created_ns,"
                 " updated_ns) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (name, type_, TransferState.CREATED.value, token,
-                 json.dumps(dict(options), sort_keys=True), now, now),
+                 _options_json(options), now, now),
             )
             tid = int(cur.lastrowid or 0)
             self._event(tid, "create", to=TransferState.CREATED.value, detail=type_, ts=now)
@@ -483,38 +483,93 @@ class JournalDB:
 
     def set_state(self, tid: int, frm: TransferState, to: TransferState, *,
                   event: str, detail: str | None = None, error: str | None = None,
-                  owner: Owner | bool | None = False, name: str = "",
-                  extra: Iterable[tuple[str, Sequence[Any]]] = ()) -> None:
-        """Move transfer ``tid`` from ``frm`` to ``to`` in one durable transaction.
+                  owner: Owner | bool | None = False, name: str = "") -> None:
+        """Move transfer ``tid`` from ``frm`` to ``to`` in one durable transaction
+        (compare-and-set: ``frm`` is the state the caller last saw).
 
         ``owner`` False leaves the owner as is, None clears it, an Owner sets it.
-        ``extra`` statements run inside the same transaction. Raises JournalError if the
-        journal no longer holds ``frm`` (someone else moved it).
+        Raises JournalError if the journal no longer holds ``frm`` (someone else moved
+        it); then nothing was written.
         """
         check_transition(frm, to, name)
+        with self.transaction():
+            self._set_state(tid, frm, to, event=event, detail=detail, error=error,
+                            owner=owner, name=name)
+
+    def _set_state(self, tid: int, frm: TransferState, to: TransferState, *, event: str,
+                   detail: str | None, error: str | None, owner: Owner | bool | None,
+                   name: str) -> None:
+        """:meth:`set_state` inside the caller's transaction."""
         now = time.time_ns()
-        with self.transaction() as db:
-            sets = "state = ?, updated_ns = ?, error = ?"
-            args: list[Any] = [to.value, now, error]
-            if owner is None:
-                sets += (", owner_pid = NULL, owner_host = NULL, owner_start = NULL,"
-                         " owner_heartbeat_ns = NULL, owner_lease_ns = NULL")
-            elif isinstance(owner, Owner):
-                sets += (", owner_pid = ?, owner_host = ?, owner_start = ?,"
-                         " owner_heartbeat_ns = ?, owner_lease_ns = ?")
-                args += [owner.pid, owner.host, owner.start, now_ns(),
-                         owner.lease_ns or int(DEFAULT_LEASE_S * 1e9)]
-            cur = db.execute(
-                f"UPDATE transfers SET {sets} WHERE id = ? AND state = ?",
-                (*args, tid, frm.value),
+        db = self.conn
+        sets = "state = ?, updated_ns = ?, error = ?"
+        args: list[Any] = [to.value, now, error]
+        if owner is None:
+            sets += (", owner_pid = NULL, owner_host = NULL, owner_start = NULL,"
+                     " owner_heartbeat_ns = NULL, owner_lease_ns = NULL")
+        elif isinstance(owner, Owner):
+            sets += (", owner_pid = ?, owner_host = ?, owner_start = ?,"
+                     " owner_heartbeat_ns = ?, owner_lease_ns = ?")
+            args += [owner.pid, owner.host, owner.start, now_ns(),
+                     owner.lease_ns or int(DEFAULT_LEASE_S * 1e9)]
+        cur = db.execute(
+            f"UPDATE transfers SET {sets} WHERE id = ? AND state = ?",
+            (*args, tid, frm.value),
+        )
+        if cur.rowcount != 1:
+            raise JournalError(
+                f"transfer {name or tid!r} is no longer {frm.value} in {self.path!r}"
             )
-            if cur.rowcount != 1:
-                raise JournalError(
-                    f"transfer {name or tid!r} is no longer {frm.value} in {self.path!r}"
-                )
-            for sql, params in extra:
-                db.execute(sql, params)
-            self._event(tid, event, frm=frm.value, to=to.value, detail=detail or error, ts=now)
+        self._event(tid, event, frm=frm.value, to=to.value, detail=detail or error, ts=now)
+
+    def dispatch(self, tid: int, *, owner: Owner, name: str,
+                 temps: Iterable[tuple[int, bytes]],
+                 sources: Iterable[tuple[int, int, int, int]]) -> None:
+        """CREATED -> DISPATCHED in one durable transaction, with ``owner`` set, each
+        file's temp basename ``(file_id, tmp)`` and each source's stats as of dispatch
+        ``(file_id, size, mtime_ns, mode)``. Raises JournalError if the transfer is no
+        longer CREATED; then nothing was written."""
+        check_transition(TransferState.CREATED, TransferState.DISPATCHED, name)
+        with self.transaction() as db:
+            self._set_state(tid, TransferState.CREATED, TransferState.DISPATCHED,
+                            event="dispatch", detail=None, error=None, owner=owner,
+                            name=name)
+            for fid, size, mtime_ns, mode in sources:
+                db.execute("UPDATE files SET size = ?, mtime_ns = ?, mode = ? WHERE id = ?"
+                           " AND transfer_id = ?", (size, mtime_ns, mode, fid, tid))
+            for fid, tmp in temps:
+                db.execute("UPDATE files SET tmp = ? WHERE id = ? AND transfer_id = ?",
+                           (tmp, fid, tid))
+
+    def pause(self, tid: int, detail: str, *, name: str = "") -> bool:
+        """DISPATCHED -> PAUSED (the retry policy waits for an operator), durable. Returns
+        False, writing nothing, if the transfer is not DISPATCHED (another worker paused
+        it first, or it was cancelled meanwhile)."""
+        return self._move_if(tid, TransferState.DISPATCHED, TransferState.PAUSED, "pause",
+                             detail, name)
+
+    def unpause(self, tid: int, detail: str, *, name: str = "") -> bool:
+        """PAUSED -> DISPATCHED (an operator said continue), durable. Returns False,
+        writing nothing, if the transfer is not PAUSED."""
+        return self._move_if(tid, TransferState.PAUSED, TransferState.DISPATCHED,
+                             "continue", detail, name)
+
+    def _move_if(self, tid: int, frm: TransferState, to: TransferState, event: str,
+                 detail: str, name: str) -> bool:
+        check_transition(frm, to, name)
+        with self.transaction():
+            r = self.conn.execute("SELECT state FROM transfers WHERE id = ?", (tid,)).fetchone()
+            if r is None or r[0] != frm.value:
+                return False
+            self._set_state(tid, frm, to, event=event, detail=detail, error=None,
+                            owner=False, name=name)
+        return True
+
+    def set_options(self, tid: int, options: Options) -> None:
+        """Replace the transfer's stored options (one durable transaction)."""
+        with self.transaction() as db:
+            db.execute("UPDATE transfers SET options = ? WHERE id = ?",
+                       (_options_json(options), tid))
 
     def claim(self, tid: int, name: str, *, force: bool = False) -> Owner:
         """Make this process the owner of ``tid`` (durable), unless a live process owns it.
@@ -633,12 +688,13 @@ class JournalDB:
     # -- files ----------------------------------------------------------------------------
 
     def add_files(self, tid: int, rows: Sequence[Mapping[str, Any]],
-                  options: str | None = None) -> None:
+                  options: Options | None = None) -> None:
         """Insert PENDING file rows for one ``add()`` in one transaction, together with
-        the transfer's new ``options`` (JSON) if given: all of it or nothing."""
+        the transfer's new ``options`` if given: all of it or nothing."""
         with self.transaction() as db:
             if options is not None:
-                db.execute("UPDATE transfers SET options = ? WHERE id = ?", (options, tid))
+                db.execute("UPDATE transfers SET options = ? WHERE id = ?",
+                           (_options_json(options), tid))
             dup = None
             for row in rows:
                 try:
@@ -811,8 +867,17 @@ def _wal_pages(path: str, page: int) -> tuple[int, set[int]] | None:
 
 def _transfer_row(r: Sequence[Any]) -> TransferRow:
     owner = Owner(r[8], r[9], r[10] or "", r[12], r[13]) if r[8] is not None else None
-    return TransferRow(r[0], r[1], r[2], TransferState(r[3]), r[4], json.loads(r[5]),
-                       r[6], r[7], owner, r[11])
+    try:
+        stored = json.loads(r[5])
+    except ValueError as exc:
+        raise JournalError(f"transfer {r[1]!r}: stored options are not JSON ({exc})") from None
+    opts = Options.from_json(stored, where=f"transfer {r[1]!r}")
+    return TransferRow(r[0], r[1], r[2], TransferState(r[3]), r[4], opts, r[6], r[7], owner,
+                       r[11])
+
+
+def _options_json(options: Options) -> str:
+    return json.dumps(options.to_json(), sort_keys=True)
 
 
 def _check_private(path: str, what: str, allow_shared: bool,

@@ -561,15 +561,17 @@ def live_checkpoints(directory: str, journals: Iterable[str | os.PathLike[str]]
 
     for jp in _journal_files(journals):
         with Journal(jp, create=False) as j:
-            for r in j.db.transfers():
-                if r.state.value in _TERMINAL:
+            for name in j.names():
+                t = j.open(name)
+                state = t.state
+                if state.value in _TERMINAL:
                     continue
-                why = f"transfer {r.name!r} in {jp} is {r.state.value}"
-                info = r.options.get("mpi")
-                if isinstance(info, dict) and info.get("checkpoint_dir"):
+                why = f"transfer {name!r} in {jp} is {state.value}"
+                info = t.options.mpi
+                if info and info.get("checkpoint_dir"):
                     note(os.fsencode(str(info["checkpoint_dir"])), why)
-                for f in j.db.files(r.id):
-                    note(f.dst, why)
+                for f in t.files():
+                    note(os.fsencode(f.dst), why)
     return live
 
 
@@ -762,8 +764,7 @@ def commit_checkpoint(checkpoint_dir: str | os.PathLike[str],
     if not ts:
         raise UsageError("commit_checkpoint needs at least one transfer")
     if step is None:
-        step = next((int(t._refresh().options["step"]) for t in ts
-                     if t._refresh().options.get("step") is not None), None)
+        step = next((s for t in ts if (s := t.options.step) is not None), None)
     entries = [e for t in ts for e in rank_entries(t.journal, t, 0, ckpt)]
     m = write_manifest(ckpt, build_manifest(os.path.basename(ckpt), 1, entries, meta,
                                             step=step))

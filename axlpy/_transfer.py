@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import enum
-import json
 import os
 import secrets
 import signal
@@ -24,7 +23,7 @@ from typing import Any
 from ._admission import AdmissionStats, AdmittedIOQueue, BoundedAdmission
 from ._boundary import ErrorContext, public_api
 from ._cancel import CancelReport
-from ._config import default_journal_path, effective_options
+from ._config import Options, default_journal_path, effective_options
 from ._driver import Driver, Progress, assign_temps, restat_sources
 from ._errors import (
     AxlError,
@@ -35,7 +34,7 @@ from ._errors import (
 )
 from ._journal import FileRow, JournalDB, TransferRow
 from ._lease import HEARTBEAT, Owner
-from ._retry import InterventionController, RetryEvent, RetryPolicy, call_persistently
+from ._retry import InterventionController, RetryPolicy, call_persistently
 from ._sources import Limits, walk_source
 from ._stall import EV_ABANDON, EV_STALL, EV_STALL_CLEARED, StallInfo, Watchdog
 from ._state import FileState, TransferState
@@ -96,12 +95,16 @@ class FileStatus:
     bytes_done: int
     crc32c: int | None
     error: str | None
+    #: the destination directory the user named, and ``dst`` relative to it
+    root: str = ""
+    rel: str = ""
 
     @classmethod
     def from_row(cls, r: FileRow) -> FileStatus:
         return cls(r.kind, os.fsdecode(r.src), os.fsdecode(r.dst), r.state, r.size,
                    r.size if r.state in (FileState.STAGED, FileState.PUBLISHED)
-                   else r.bytes_done, r.crc32c, r.error)
+                   else r.bytes_done, r.crc32c, r.error, os.fsdecode(r.root),
+                   os.fsdecode(r.rel))
 
 
 def _fs(p: str | bytes | os.PathLike[str] | os.PathLike[bytes]) -> bytes:
@@ -172,10 +175,7 @@ class Journal:
         check_type(ttype)  # an unknown type fails now, not at dispatch
         if step is not None and (isinstance(step, bool) or not isinstance(step, int)):
             raise UsageError(f"step must be an integer, not {step!r}")
-        opts = effective_options(options)
-        opts["roots"] = []
-        if step is not None:
-            opts["step"] = step
+        opts = effective_options(options, step=step)
         tid = self.db.create_transfer(name, ttype, secrets.token_hex(4), opts)
         return Transfer(self, self.db.transfer_by_id(tid), on_progress, queue_factory)
 
@@ -270,7 +270,6 @@ class Transfer:
         self._on_progress = on_progress
         self._queue_factory = queue_factory
         self._controller: InterventionController | None = None
-        self._pause_lock = threading.Lock()
         self._progress: Progress | None = None
         self._thread: threading.Thread | None = None
         self._cancel = threading.Event()
@@ -322,6 +321,24 @@ class Transfer:
         return ErrorContext(getattr(journal, "path", "?"), getattr(journal, "busy_timeout", None),
                             row.name if row is not None else None, resumable, op)
 
+    @property
+    def options(self) -> Options:
+        """The transfer's options as stored in the journal now."""
+        return self._refresh().options
+
+    def set_options(self, options: Options) -> None:
+        """Replace the stored options (one durable transaction). Only while CREATED: a
+        dispatched transfer's options are what a resume relies on."""
+        row = self._refresh()
+        if row.state is not _T.CREATED:
+            raise InvalidTransitionError(f"set options of transfer {self.name!r}",
+                                         row.state.value, "changed (only while CREATED)")
+        self.journal.db.set_options(row.id, options)
+
+    def record_event(self, event: str, detail: str | None = None) -> None:
+        """Append ``event`` (with ``detail``) to the transfer's event log (durable)."""
+        self.journal.db.record_event(self._row.id, event, detail)
+
     def _refresh(self) -> TransferRow:
         self._row = self.journal.db.transfer_by_id(self._row.id)
         return self._row
@@ -345,30 +362,17 @@ class Transfer:
             raise InvalidTransitionError(f"add to transfer {self.name!r}", row.state.value,
                                          "add (only while CREATED)")
         s, d = _fs(src), _fs(dst)
-        rows = list(walk_source(s, d, symlinks=row.options.get("symlinks", "copy"),
-                                limits=limits or Limits()))
+        opts = row.options
+        rows = list(walk_source(s, d, symlinks=opts.symlinks, limits=limits or Limits()))
         # Record the destination root (resume never writes outside the recorded roots)
-        # and what this add named (move mode deletes only inside it) with the rows.
-        before = json.loads(json.dumps(row.options))
+        # and what this add named (move mode deletes only inside it) in the same
+        # transaction as the rows: all of it or nothing.
         root = os.fsdecode(rows[0]["root"])
-        roots: list[str] = row.options.setdefault("roots", [])
-        if root not in roots:
-            roots.append(root)
-        row.options.setdefault("adds", []).append(
-            [os.fsdecode(rows[0]["src"]), os.fsdecode(rows[0]["dst"]), rows[0]["kind"]])
-        try:
-            # One transaction: the options and the rows, or (on any error) neither.
-            self.journal.db.add_files(row.id, rows,
-                                      options=json.dumps(row.options, sort_keys=True))
-        except BaseException:
-            row.options = before
-            raise
+        add = (os.fsdecode(rows[0]["src"]), os.fsdecode(rows[0]["dst"]), str(rows[0]["kind"]))
+        new = opts.replace(roots=opts.roots if root in opts.roots else (*opts.roots, root),
+                           adds=(*(opts.adds or ()), add))
+        self.journal.db.add_files(row.id, rows, options=new)
         return len(rows)
-
-    def _save_options(self, row: TransferRow) -> None:
-        with self.journal.db.transaction() as db:
-            db.execute("UPDATE transfers SET options = ? WHERE id = ?",
-                       (json.dumps(row.options, sort_keys=True), row.id))
 
     # -- dispatch -------------------------------------------------------------------------
 
@@ -389,12 +393,11 @@ class Transfer:
         files = self.journal.db.files(row.id)
         if not files:
             raise UsageError(f"transfer {self.name!r} has no files; add() some first")
-        extra = restat_sources(files) + assign_temps(files, row.token, row.id)
-        from ._lease import DEFAULT_LEASE_S
-
-        lease_s = float(row.options.get("lease_timeout") or DEFAULT_LEASE_S)
-        self.journal.db.set_state(row.id, _T.CREATED, _T.DISPATCHED, event="dispatch",
-                                  owner=Owner.me(lease_s), name=self.name, extra=extra)
+        sources = restat_sources(files)
+        self.journal.db.dispatch(row.id, owner=Owner.me(row.options.lease_timeout),
+                                 name=self.name,
+                                 temps=assign_temps(files, row.token, row.id),
+                                 sources=sources)
         from ._crashpoints import crash_point
 
         crash_point("dispatch.after_commit")
@@ -405,12 +408,12 @@ class Transfer:
         _, bt, _, ft = self.journal.db.progress(row.id)
         # DEFAULT's engine is chosen here only, from what is measured to matter
         engine = get_engine(row.type, files=ft, nbytes=bt,
-                            roots=row.options.get("roots") or ())
+                            roots=row.options.roots)
         self._engine = engine
         self._progress = Progress(bytes_total=bt, files_total=ft,
                                   callback=self._on_progress)
-        qname = row.options.get("queue") or engine.queue_name
-        depth = int(row.options.get("queue_depth", 64))
+        qname = row.options.queue or engine.queue_name
+        depth = row.options.queue_depth
         factory = self._queue_factory
         stats = self._admission = AdmissionStats()
 
@@ -426,37 +429,26 @@ class Transfer:
                 inner = open_queue(qname, depth=depth)
             return AdmittedIOQueue(inner, BoundedAdmission(inner.depth), stats)
 
-        return Driver(self.journal.db, row, engine, make_queue, self._progress,
-                      self._cancel, self._make_retry(row), admission=stats)
+        driver = Driver(self.journal.db, row, engine, make_queue, self._progress,
+                        self._cancel, admission=stats)
+        driver.retry = self._make_retry(row, driver)
+        return driver
 
-    def _make_retry(self, row: TransferRow) -> Callable[[Callable[[], int], str], int]:
-        """Every engine read and write runs under the transfer's retry policy."""
-        policy = RetryPolicy.from_config({"retry": row.options.get("retry") or {}})
+    def _make_retry(self, row: TransferRow,
+                    driver: Driver) -> Callable[[Callable[[], int], str], int]:
+        """Every engine read and write runs under the transfer's retry policy; a pause
+        and its end are journaled by the driver (:meth:`Driver.on_pause`)."""
+        policy = RetryPolicy.from_config({"retry": dict(row.options.retry)})
         controller = InterventionController.from_policy(policy)
         self._controller = controller
         name = self.name
 
         def retry(fn: Callable[[], int], what: str) -> int:
             return call_persistently(fn, policy=policy, what=what, controller=controller,
-                                     on_pause=self._on_pause, on_resume=self._on_resume,
+                                     on_pause=driver.on_pause, on_resume=driver.on_resume,
                                      transfer=name)
 
         return retry
-
-    def _on_pause(self, event: RetryEvent) -> None:
-        # Several workers may pause at once: journal PAUSED once.
-        with self._pause_lock:
-            if self.state is _T.DISPATCHED:
-                self.journal.db.set_state(
-                    self._row.id, _T.DISPATCHED, _T.PAUSED, event="pause", name=self.name,
-                    detail=f"{event.what}: {event.error}")
-
-    def _on_resume(self, event: RetryEvent) -> None:
-        with self._pause_lock:
-            if self.state is _T.PAUSED:
-                self.journal.db.set_state(self._row.id, _T.PAUSED, _T.DISPATCHED,
-                                          event="continue", name=self.name,
-                                          detail=event.what)
 
     def intervene(self, action: str) -> None:
         """Answer a transfer paused by the retry policy (intervention mode).
@@ -492,7 +484,7 @@ class Transfer:
         self._run_driver = driver
         ended = self._run_ended = threading.Event()
         watchdog = self._watchdog = Watchdog(
-            self.name, float(self._row.options.get("stall_timeout", 300.0)),
+            self.name, self._row.options.stall_timeout,
             lambda: driver.progress.last_beat, self._watched_paths, ended, self._on_stall)
 
         # Renew this process's lease while the transfer runs here (docs/design.md).
@@ -544,7 +536,7 @@ class Transfer:
     def _watched_paths(self) -> list[str]:
         """Where this transfer's files are: destination roots and added sources."""
         opts = self._row.options
-        return [*(opts.get("roots") or []), *(a[0] for a in opts.get("adds") or [])]
+        return [*opts.roots, *(a[0] for a in opts.adds or ())]
 
     def _on_stall(self, info: StallInfo | None) -> None:
         """From the watchdog: journal the change, wake wait() and cancel()."""

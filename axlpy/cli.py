@@ -506,7 +506,7 @@ def _transfer_info(j: Journal, row: TransferRow) -> dict[str, Any]:
         "updated": _iso(row.updated_ns),
         "age_seconds": round((now - row.created_ns) / 1e9, 3),
         "owner": owner,
-        "move": bool(row.options.get("move", False)),
+        "move": row.options.move,
         "error": row.error,
         "next": _next_steps(row),
     }

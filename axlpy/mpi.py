@@ -37,7 +37,6 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from ._errors import AxlError, InvalidTransitionError, UsageError
-from ._journal import FileRow
 from ._lifecycle import RetentionPolicy
 from ._manifest import (
     MARKER,
@@ -53,7 +52,7 @@ from ._manifest import (
 )
 from ._sources import Limits
 from ._state import FileState, TransferState
-from ._transfer import Journal, Transfer, TransferType
+from ._transfer import FileStatus, Journal, Transfer, TransferType
 
 __all__ = [
     "MARKER",
@@ -279,12 +278,10 @@ class CommTransfer:
             j = Journal(journal_path(jdir, rank))
             try:
                 t = j.create(name, type, on_progress=on_progress, **options)
-                row = t._refresh()
-                row.options["mpi"] = {"rank": rank, "size": size, "checkpoint_dir": ckpt,
-                                      "on_failure": on_failure, "meta": dict(meta or {}),
-                                      "step": step, "retention": None if retention is None
-                                      else retention.to_json()}
-                t._save_options(row)
+                t.set_options(t.options.replace(mpi={
+                    "rank": rank, "size": size, "checkpoint_dir": ckpt,
+                    "on_failure": on_failure, "meta": dict(meta or {}), "step": step,
+                    "retention": None if retention is None else retention.to_json()}))
             except BaseException:
                 j.close()
                 raise
@@ -313,12 +310,12 @@ class CommTransfer:
         rank, size = comm.Get_rank(), comm.Get_size()
         jdir = os.path.dirname(journal_path(journal_dir, rank))
 
-        def local() -> tuple[Journal, Transfer, dict[str, Any]]:
+        def local() -> tuple[Journal, Transfer, Mapping[str, Any]]:
             j = Journal(journal_path(jdir, rank), create=False)
             try:
                 t = j.open(name, on_progress=on_progress)
-                info = t._refresh().options.get("mpi")
-                if not isinstance(info, dict):
+                info = t.options.mpi
+                if info is None:
                     raise UsageError(f"transfer {name!r} in {j.path!r} was not created "
                                      "through axlpy.mpi")
             except BaseException:
@@ -560,7 +557,7 @@ class CommTransfer:
                 outcome = ("failed", bad)
             else:
                 try:
-                    info = self.transfer._refresh().options.get("mpi") or {}
+                    info = self.transfer.options.mpi or {}
                     m = build_manifest(self.name, self.size,
                                        (e for g in gathered for e in g), self.meta,
                                        step=info.get("step"))
@@ -581,8 +578,7 @@ class CommTransfer:
                                   "every rank COMPLETED but no commit marker was written; "
                                   "wait() again to retry the commit")
         self.manifest = outcome[1]
-        self.journal.db.record_event(self.transfer._row.id, _EV_COMMIT,
-                                     os.path.join(self.checkpoint_dir, MARKER))
+        self.transfer.record_event(_EV_COMMIT, os.path.join(self.checkpoint_dir, MARKER))
 
     # -- failure policy / cancel / free -------------------------------------------------------
 
@@ -628,11 +624,11 @@ class CommTransfer:
         """Remove the files a COMPLETED transfer published that are still its own (size
         and CRC32C), fsync their directories, journal the discard. The transfer stays
         COMPLETED (the state table has no way back), and resume refuses it."""
-        from ._durable import expected_of, unlink_verified
+        from ._durable import Expected, unlink_verified
         from ._errors import SecurityError
         from ._staging import DirCache, fsync_dir
 
-        rows = [r for r in self.journal.db.files(self.transfer._row.id)
+        rows = [r for r in self.transfer.files()
                 if r.state is FileState.PUBLISHED and r.kind != "dir"]
         buf = bytearray(4 << 20)
         touched: dict[int, None] = {}
@@ -641,10 +637,12 @@ class CommTransfer:
         # driver's cancel: a directory swapped for a symlink cannot redirect an unlink.
         with DirCache(mkdirs=False) as dirs:
             for r in rows:
-                parent, name = os.path.split(r.rel)
+                parent, name = os.path.split(os.fsencode(r.rel))
                 try:
-                    dfd = dirs.open(r.root, parent)
-                    ok = unlink_verified(dfd, name, expected_of(r), buf=buf)
+                    dfd = dirs.open(os.fsencode(r.root), parent)
+                    link = None if r.link is None else os.fsencode(r.link)
+                    ok = unlink_verified(dfd, name, Expected(r.kind, r.size, r.crc32c, link),
+                                         buf=buf)
                 except (OSError, SecurityError):
                     continue
                 if ok:
@@ -652,8 +650,7 @@ class CommTransfer:
                     touched[dfd] = None
             for dfd in touched:
                 fsync_dir(dfd)
-        self.journal.db.record_event(self.transfer._row.id, _EV_DISCARD,
-                                     f"{removed} of {len(rows)} files removed")
+        self.transfer.record_event(_EV_DISCARD, f"{removed} of {len(rows)} files removed")
 
     def _marker_exists(self) -> bool:
         exists = None
@@ -723,21 +720,21 @@ def rank_entries(journal: Journal, transfer: Transfer, rank: int,
         raise UsageError(f"rank {rank}: transfer {transfer.name!r} is {state.value}")
     root = os.fsencode(checkpoint_dir)
     out = []
-    for r in journal.db.files(transfer._row.id):
+    for r in transfer.files():
         out_e = _entry(r, rank, root)
         if out_e is not None:
             out.append(out_e)
     return out
 
 
-def _entry(r: FileRow, rank: int, root: bytes) -> ManifestEntry | None:
+def _entry(r: FileStatus, rank: int, root: bytes) -> ManifestEntry | None:
     if r.state is not FileState.PUBLISHED:
-        raise UsageError(f"rank {rank}: {os.fsdecode(r.dst)!r} is {r.state.value}")
-    rel = os.path.relpath(r.dst, root)
+        raise UsageError(f"rank {rank}: {r.dst!r} is {r.state.value}")
+    rel = os.path.relpath(os.fsencode(r.dst), root)
     if rel == b".":
         return None
     if rel.startswith(b"../") or rel == b"..":
-        raise UsageError(f"rank {rank}: {os.fsdecode(r.dst)!r} is outside the checkpoint")
+        raise UsageError(f"rank {rank}: {r.dst!r} is outside the checkpoint")
     return ManifestEntry(os.fsdecode(rel), rank, r.kind,
                          r.size if r.kind == "file" else 0,
                          None if r.kind == "dir" else r.crc32c)
@@ -745,28 +742,27 @@ def _entry(r: FileRow, rank: int, root: bytes) -> ManifestEntry | None:
 
 def _record_add(transfer: Transfer, src: str, dst: str, limits: Limits) -> None:
     """Record an add in the rank's journal before it runs (one commit)."""
-    row = transfer._refresh()
-    info = row.options.get("mpi")
-    if not isinstance(info, dict):
+    opts = transfer.options
+    if opts.mpi is None:
         return
-    info.setdefault("adds", []).append(
-        {"src": src, "dst": dst, "max_entries": limits.max_entries,
-         "max_depth": limits.max_depth})
-    transfer._save_options(row)
+    add = {"src": src, "dst": dst, "max_entries": limits.max_entries,
+           "max_depth": limits.max_depth}
+    transfer.set_options(opts.replace(mpi={**opts.mpi,
+                                           "adds": [*opts.mpi.get("adds", []), add]}))
 
 
 def _replay_adds(transfer: Transfer) -> int:
     """Add again every recorded add of a CREATED transfer that left no rows (it failed,
     or the job died before it ran), in the recorded order; returns how many."""
-    row = transfer._refresh()
-    info = row.options.get("mpi") or {}
-    done = {os.path.abspath(a[1]) for a in row.options.get("adds", [])}
+    opts = transfer.options
+    info = opts.mpi or {}
+    done = {os.path.abspath(a[1]) for a in opts.adds or ()}
     n = 0
     for a in info.get("adds", []):
         if os.path.abspath(a["dst"]) in done:
             continue
         transfer.add(a["src"], a["dst"], limits=Limits(a["max_entries"], a["max_depth"]))
-        transfer.journal.db.record_event(row.id, "mpi.replay_add", a["dst"])
+        transfer.record_event("mpi.replay_add", a["dst"])
         n += 1
     return n
 
@@ -789,7 +785,7 @@ def pending_names(comm: Comm | None,
     mine: list[str] = []
     if os.path.exists(path):
         with Journal(path, create=False) as j:
-            mine = [r.name for r in j.db.transfers() if "mpi" in r.options]
+            mine = [n for n in j.names() if j.open(n).options.mpi is not None]
     return sorted({n for names in comm.allgather(mine) for n in names})
 
 
@@ -824,10 +820,10 @@ def finish(journal_dir: str | os.PathLike[str], name: str, *,
         for rank, p in sorted(paths.items()):
             j = Journal(p, create=False)
             journals.append(j)
-            if j.db.transfer(name) is None:
+            if name not in j.names():
                 continue
             t = j.open(name, on_progress=on_progress)
-            info = t._refresh().options.get("mpi") or {}
+            info = t.options.mpi or {}
             size = int(info.get("size", 0))
             ckpt, meta = str(info["checkpoint_dir"]), info.get("meta") or {}
             transfers[rank] = t
@@ -855,7 +851,7 @@ def finish(journal_dir: str | os.PathLike[str], name: str, *,
         m = write_manifest(ckpt, build_manifest(name, size, entries, meta,
                                                 step=info.get("step")))
         for t in transfers.values():
-            t.journal.db.record_event(t._row.id, _EV_COMMIT, os.path.join(ckpt, MARKER))
+            t.record_event(_EV_COMMIT, os.path.join(ckpt, MARKER))
         _after_commit(ckpt, info, jdir)
         return m
     finally:
