@@ -61,7 +61,6 @@ __all__ = [
     "InterventionController",
     "RetryEvent",
     "RetryPolicy",
-    "RetryStats",
     "SystemClock",
     "call_persistently",
     "classify",
@@ -465,66 +464,6 @@ def _convert(fname: str, value: object, source: str) -> object:
 
 
 # --------------------------------------------------------------------------------------
-# Stats
-
-
-class RetryStats:
-    """Counters of what the retry loop did; thread-safe, cumulative.
-
-    One may be passed to :func:`call_persistently` per call (``stats=``); each
-    :class:`InterventionController` also keeps one (``controller.stats``) that sums every
-    call made with it, for progress displays.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._attempts = 0
-        self._retries = 0
-        self._backoff_seconds = 0.0
-        self._pauses = 0
-
-    @property
-    def attempts(self) -> int:
-        """Calls of the operation, the first included."""
-        with self._lock:
-            return self._attempts
-
-    @property
-    def retries(self) -> int:
-        """Attempts after a retryable error (each was preceded by a backoff)."""
-        with self._lock:
-            return self._retries
-
-    @property
-    def backoff_seconds(self) -> float:
-        """Seconds asked of ``clock.sleep`` for backoff (not counting pauses)."""
-        with self._lock:
-            return self._backoff_seconds
-
-    @property
-    def pauses(self) -> int:
-        """Times a call paused for an operator."""
-        with self._lock:
-            return self._pauses
-
-    def _add(
-        self, *, attempts: int = 0, retries: int = 0, backoff: float = 0.0, pauses: int = 0
-    ) -> None:
-        with self._lock:
-            self._attempts += attempts
-            self._retries += retries
-            self._backoff_seconds += backoff
-            self._pauses += pauses
-
-    def __repr__(self) -> str:
-        with self._lock:
-            return (
-                f"RetryStats(attempts={self._attempts}, retries={self._retries}, "
-                f"backoff_seconds={self._backoff_seconds:.3f}, pauses={self._pauses})"
-            )
-
-
-# --------------------------------------------------------------------------------------
 # Intervention
 
 
@@ -590,7 +529,6 @@ class InterventionController:
             raise UsageError(f"poll_interval={poll_interval!r}: must be finite and > 0")
         self.flag_file: str | None = None if flag_file is None else os.fspath(flag_file)
         self.poll_interval = poll_interval
-        self.stats = RetryStats()
         self._cond = threading.Condition()
         self._generation = 0
         self._cancelled = False
@@ -717,7 +655,6 @@ def call_persistently(
     on_pause: Callable[[RetryEvent], None] | None = None,
     on_resume: Callable[[RetryEvent], None] | None = None,
     controller: InterventionController | None = None,
-    stats: RetryStats | None = None,
     transfer: str | None = None,
     path: str | None = None,
 ) -> T:
@@ -751,11 +688,10 @@ def call_persistently(
         on_retry: Called before each backoff sleep.
         on_pause: Called when the call pauses for an operator, before it blocks.
         on_resume: Called when an operator says continue, before the next round.
-        controller: Operator control and aggregate stats. Optional in mode ``"fail"``
+        controller: Operator control. Optional in mode ``"fail"``
             (then only :meth:`~InterventionController.cancel` matters); in mode
             ``"intervention"`` without one, a private one is made from
             ``policy.flag_file``, which must then be set.
-        stats: Per-call counters to add to (the controller's are added to as well).
         transfer: Transfer name for the errors raised here.
         path: File name for the errors raised here.
 
@@ -778,14 +714,6 @@ def call_persistently(
                 "nobody could resume a paused call"
             )
         controller = InterventionController.from_policy(policy)
-    counters = [s for s in (stats, controller.stats if controller else None) if s is not None]
-
-    def count(
-        *, attempts: int = 0, retries: int = 0, backoff: float = 0.0, pauses: int = 0
-    ) -> None:
-        for s in counters:
-            s._add(attempts=attempts, retries=retries, backoff=backoff, pauses=pauses)
-
     clock = policy.clock
     round_no = 1
     last: Exception | None = None
@@ -796,7 +724,6 @@ def call_persistently(
             if controller is not None:
                 controller._raise_if_cancelled(what, transfer, path, last)
             attempt += 1
-            count(attempts=1, retries=1 if attempt > 1 else 0)
             try:
                 return fn(*args)
             except Exception as exc:
@@ -826,7 +753,6 @@ def call_persistently(
             )
             if on_retry is not None:
                 on_retry(RetryEvent(what, attempt, last, delay, round_no))
-            count(backoff=delay)
             clock.sleep(delay)
 
         event = RetryEvent(what, attempt, last, 0.0, round_no)
@@ -839,7 +765,6 @@ def call_persistently(
                 path=path,
             ) from last
         assert controller is not None  # made above for intervention mode
-        count(pauses=1)
         decision = _pause(controller, event, on_pause)
         if decision == "cancel":
             raise TransferCancelledError(

@@ -124,6 +124,8 @@ SCENARIOS = {
     "docs/quickstart.md: $ ls -a pfs/ckpt-2",
     "docs/quickstart.md: $ axlpy resume demo",
     "docs/index.md: $ axlpy cp --name job42-step100 scratch/job42/step-100 pfs/run/",
+    # tests/unit/test_journal_inspect.py runs it on real journals
+    "docs/operators-guide.md: J=~/.local/state/axlpy/journal.db",
 }
 
 
