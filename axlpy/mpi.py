@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import os
 import re
-import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -223,8 +222,6 @@ class CommTransfer:
         self.meta = dict(meta)
         self.manifest: Manifest | None = None
         self._deferred: Exception | None = None
-        self._thread: threading.Thread | None = None
-        self._thread_error: BaseException | None = None
         self._error: str | None = None  # sticky: test() raises a transfer error only once
 
     @property
@@ -375,47 +372,19 @@ class CommTransfer:
     # -- running this rank's part ---------------------------------------------------------
 
     def _start(self, body: Callable[[], None]) -> None:
-        """Run ``body`` (dispatch or resume). A SYNC-engine transfer of a background type
-        runs in a helper thread so the collective calls stay non-blocking."""
-        from .engines import is_background
-
+        """Run ``body`` (dispatch or resume): every type but SYNC copies in the
+        background, so the collective calls stay non-blocking; SYNC copies here."""
         self._error = None
-        if self.transfer.type == TransferType.SYNC or is_background(self.transfer.type):
-            body()
-            return
-
-        def target() -> None:
-            try:
-                body()
-            except BaseException as exc:
-                self._thread_error = exc
-
-        self._thread_error = None
-        self._thread = threading.Thread(target=target, name=f"axlpy-mpi:{self.name}",
-                                        daemon=True)
-        self._thread.start()
-
-    def _running(self) -> bool:
-        return (self._thread is not None and self._thread.is_alive()) or self.transfer.running
+        body()
 
     def _settle(self) -> None:
         """Block (locally) until this rank's transfer is no longer running."""
-        if self._thread is not None:
-            self._thread.join()
         while self.transfer.running:
             time.sleep(0.01)
 
     def local_status(self) -> _Local:
         """Local, never blocks: this rank's status ("done", "running", "failed")."""
         st = self.transfer.status()
-        if self._thread is not None:
-            if self._thread.is_alive():
-                return _Local("running", None, st.bytes_done, st.bytes_total)
-            self._thread.join()
-            self._thread = None
-            if self._thread_error is not None:
-                self._error = _describe(self._thread_error)
-                self._thread_error = None
         if self._error is None:
             try:
                 if self.transfer.test():
@@ -600,8 +569,6 @@ class CommTransfer:
         raise CollectiveError(op, failures, self.size, note) from cause
 
     def _cancel_local(self) -> None:
-        while self._thread is not None and self._thread.is_alive() and not self.transfer.running:
-            time.sleep(0.005)  # the helper thread is between its commit and its start
         state = self.transfer.state
         if state is _T.COMPLETED:
             self._discard_completed()
@@ -614,10 +581,6 @@ class CommTransfer:
                 if self.transfer.state is not _T.COMPLETED:
                     raise
                 self._discard_completed()
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
-            self._thread_error = None
         self._error = None
 
     def _discard_completed(self) -> None:

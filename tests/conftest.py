@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -99,13 +100,15 @@ def wait_until(cond: Callable[[], bool], what: str, timeout: float = 60.0) -> No
 def pause_gate(t: axlpy.Transfer) -> threading.Event:
     """An event set once ``t`` (running in this process) has journaled PAUSED."""
     paused = threading.Event()
-    journal_pause = t._on_pause
+    db = t.journal.db
+    journal_pause = db.pause
 
-    def on_pause(event: object) -> None:
-        journal_pause(event)  # type: ignore[arg-type]
+    def pause(*args: Any, **kwargs: Any) -> bool:
+        moved = journal_pause(*args, **kwargs)  # PAUSED is durable when this returns
         paused.set()
+        return moved
 
-    t._on_pause = on_pause  # type: ignore[method-assign]
+    db.pause = pause  # type: ignore[method-assign]
     return paused
 
 

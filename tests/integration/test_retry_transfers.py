@@ -279,11 +279,12 @@ def test_paused_transfer_killed_resumes_from_journal(area, small_fs):
     child = subprocess.Popen(
         [os.sys.executable, "-c",
          "import os, sys, axlpy; t = axlpy.Journal(sys.argv[1]).open('t')\n"
-         "journal_pause = t._on_pause\n"
-         "def on_pause(ev):\n"
-         "    journal_pause(ev)\n"
+         "journal_pause = t.journal.db.pause\n"
+         "def pause(*a, **kw):\n"
+         "    moved = journal_pause(*a, **kw)\n"
          "    os.write(1, b'P')\n"
-         "t._on_pause = on_pause\n"
+         "    return moved\n"
+         "t.journal.db.pause = pause\n"
          "t.dispatch(); t.wait()",
          str(jp)], stdout=subprocess.PIPE)
     try:
