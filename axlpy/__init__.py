@@ -10,7 +10,7 @@ every write, fsync, rename and commit) -> ``_transfer`` (this public API) -> ``c
 import logging as _logging
 from typing import TYPE_CHECKING, Any
 
-from ._config import config, default_journal_path
+from ._config import Options, config, default_journal_path
 from ._errors import (
     AdmissionTimeoutError,
     AxlError,
@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from ._admission import AdmissionStats
     from ._cancel import CancelReport
     from ._driver import Progress
+    from ._lease import Owner
     from ._lifecycle import (
         PruneReport,
         RestorePoint,
@@ -65,6 +66,7 @@ _LAZY = {
     "restore_point": "._lifecycle",
     "update_pointer": "._lifecycle",
     "Limits": "._sources",
+    "Owner": "._lease",
     "FileStatus": "._transfer",
     "Journal": "._transfer",
     "Transfer": "._transfer",
@@ -111,6 +113,8 @@ __all__ = [
     "JournalError",
     "JournalFullError",
     "Limits",
+    "Options",
+    "Owner",
     "OwnershipError",
     "Progress",
     "PruneReport",

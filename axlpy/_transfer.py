@@ -16,7 +16,7 @@ import secrets
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,7 +44,8 @@ from .io import IOQueue, open_default_queue, open_queue
 #: builds the IO queue of one engine thread from the queue depth (tests, embedders)
 QueueFactory = Callable[[int], IOQueue]
 
-__all__ = ["FileStatus", "Journal", "Transfer", "TransferStatus", "TransferType"]
+__all__ = ["FileStatus", "Journal", "Options", "Owner", "Transfer", "TransferStatus",
+           "TransferType"]
 
 _T = TransferState
 
@@ -98,13 +99,19 @@ class FileStatus:
     #: the destination directory the user named, and ``dst`` relative to it
     root: str = ""
     rel: str = ""
+    #: the temp's full path (beside ``dst``) once dispatch assigned it, else None
+    tmp: str | None = None
+    #: a symlink's target
+    link: str | None = None
 
     @classmethod
     def from_row(cls, r: FileRow) -> FileStatus:
+        tmp = os.path.join(os.path.dirname(r.dst), r.tmp) if r.tmp else None
         return cls(r.kind, os.fsdecode(r.src), os.fsdecode(r.dst), r.state, r.size,
                    r.size if r.state in (FileState.STAGED, FileState.PUBLISHED)
                    else r.bytes_done, r.crc32c, r.error, os.fsdecode(r.root),
-                   os.fsdecode(r.rel))
+                   os.fsdecode(r.rel), None if tmp is None else os.fsdecode(tmp),
+                   None if r.link is None else os.fsdecode(r.link))
 
 
 def _fs(p: str | bytes | os.PathLike[str] | os.PathLike[bytes]) -> bytes:
@@ -813,9 +820,14 @@ class Transfer:
                               owner, row.created_ns, row.updated_ns, self.running,
                               self._stall if self.running else None)
 
-    def files(self) -> list[FileStatus]:
-        """Per-file detail from the journal."""
-        return [FileStatus.from_row(r) for r in self.journal.db.files(self._row.id)]
+    def files(self, states: Iterable[FileState] | None = None) -> list[FileStatus]:
+        """Per-file detail from the journal (only rows in ``states`` if given)."""
+        return [FileStatus.from_row(r) for r in self.journal.db.files(self._row.id, states)]
+
+    @property
+    def owner(self) -> Owner | None:
+        """The process journaled as working on the transfer now (None: nobody)."""
+        return self._refresh().owner
 
     def events(self) -> list[dict[str, Any]]:
         """The transfer's event log (oldest first)."""
