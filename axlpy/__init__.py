@@ -50,6 +50,7 @@ if TYPE_CHECKING:
     )
     from ._sources import Limits
     from ._transfer import FileStatus, Journal, Transfer, TransferStatus, TransferType, wait_all
+    from ._verify import Mismatch, VerifyReport, verify_checkpoint
 
 #: public name -> the module that defines it, imported on first access (PEP 562), so that
 #: ``import axlpy`` and every ``axlpy`` command start fast: the journal (sqlite_utils), the
@@ -73,6 +74,9 @@ _LAZY = {
     "TransferStatus": "._transfer",
     "TransferType": "._transfer",
     "wait_all": "._transfer",
+    "Mismatch": "._verify",
+    "VerifyReport": "._verify",
+    "verify_checkpoint": "._verify",
 }
 
 
@@ -113,6 +117,7 @@ __all__ = [
     "JournalError",
     "JournalFullError",
     "Limits",
+    "Mismatch",
     "Options",
     "Owner",
     "OwnershipError",
@@ -132,6 +137,7 @@ __all__ = [
     "TransferStatus",
     "TransferType",
     "UsageError",
+    "VerifyReport",
     "__version__",
     "commit_checkpoint",
     "config",
@@ -139,5 +145,6 @@ __all__ = [
     "prune",
     "restore_point",
     "update_pointer",
+    "verify_checkpoint",
     "wait_all",
 ]

@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._admission import AdmissionStats, AdmittedIOQueue, BoundedAdmission
 from ._boundary import ErrorContext, public_api
@@ -39,6 +39,9 @@ from ._sources import Limits, walk_source
 from ._stall import EV_ABANDON, EV_STALL, EV_STALL_CLEARED, StallInfo, Watchdog
 from ._state import FileState, TransferState
 from .engines import Engine, check_type, get_engine
+
+if TYPE_CHECKING:
+    from ._verify import VerifyReport
 from .io import IOQueue, open_default_queue, open_queue
 
 #: builds the IO queue of one engine thread from the queue depth (tests, embedders)
@@ -823,6 +826,14 @@ class Transfer:
     def files(self, states: Iterable[FileState] | None = None) -> list[FileStatus]:
         """Per-file detail from the journal (only rows in ``states`` if given)."""
         return [FileStatus.from_row(r) for r in self.journal.db.files(self._row.id, states)]
+
+    def verify(self) -> VerifyReport:
+        """Re-read every file this transfer published and compare it with the journal's
+        size, CRC32C, kind and symlink target (see :class:`~axlpy.VerifyReport`). Reads
+        only; changes nothing."""
+        from ._verify import verify_transfer
+
+        return verify_transfer(self)
 
     @property
     def owner(self) -> Owner | None:

@@ -40,7 +40,7 @@ import click
 from ._admission import AdmissionStats
 from ._config import default_journal_path
 from ._driver import Progress
-from ._durable import Expected, unlink_verified
+from ._durable import unlink_verified
 from ._errors import (
     AxlError,
     BackendUnavailableError,
@@ -58,6 +58,7 @@ from ._manifest import MARKER_TEMP_PREFIX
 from ._staging import TEMP_PATTERN, fsync_dir
 from ._state import FileState, TransferState
 from ._transfer import Journal, Transfer, TransferType
+from ._verify import Mismatch, verify_checkpoint
 
 __all__ = [
     "EXIT_FAILURE",
@@ -446,6 +447,12 @@ def _row(j: Journal, name: str) -> TransferRow:
         more = f"; transfers in it: {', '.join(names[-5:])}" if names else " (it is empty)"
         raise UsageError(f"no transfer named {name!r} in journal {j.path!r}{more}")
     return row
+
+
+def _transfer(j: Journal, name: str) -> Transfer:
+    """The transfer ``name``; UsageError naming the journal's last transfers if none."""
+    _row(j, name)
+    return j.open(name)
 
 
 def _owner_info(o: Owner | None) -> dict[str, Any] | None:
@@ -1161,93 +1168,49 @@ def _one_line_text(s: str) -> str:
 # -- verify --------------------------------------------------------------------------------
 
 
-def _check_entry(kind: str, path: bytes, size: int, crc: int | None, link: bytes | None,
-                 buf: bytearray) -> dict[str, Any] | None:
-    """Compare what is at ``path`` with what was recorded; a mismatch record, or None.
-
-    ``crc`` is the CRC32C of a file's bytes, or of a symlink's target when ``link`` (the
-    target itself) is not known."""
-    m = Expected(kind, size, crc, link).check_path(path, buf=buf)
-    if m is None:
-        return None
-    out: dict[str, Any] = {"kind": kind, **_path_fields("path", path), "problem": m.problem}
-    if m.problem == "unreadable":
+def _mismatch_doc(m: Mismatch) -> dict[str, Any]:
+    """A :class:`~axlpy.Mismatch` as the JSON ``verify`` prints."""
+    out: dict[str, Any] = {"kind": m.kind, **_path_fields("path", m.path), "problem": m.problem}
+    if m.problem in ("unreadable", "marker"):
         out["detail"] = m.detail
     elif m.problem == "link-target":
-        if link is not None:
-            out.update(_path_fields("expected_target", link))
-        out.update(_path_fields("actual_target", m.actual_target or b""))
+        if m.expected_target is not None:
+            out.update(_path_fields("expected_target", m.expected_target))
+        out.update(_path_fields("actual_target", m.actual_target))
     elif m.problem == "size":
-        out.update(expected_size=size, actual_size=m.actual_size)
+        out.update(expected_size=m.expected_size, actual_size=m.actual_size)
     elif m.problem == "crc32c":
-        out.update(expected_crc32c=_crc_hex(crc), actual_crc32c=_crc_hex(m.actual_crc32c))
+        out.update(expected_crc32c=_crc_hex(m.expected_crc32c),
+                   actual_crc32c=_crc_hex(m.actual_crc32c))
+    if m.rank is not None:
+        out["rank"] = m.rank
     return out
 
 
 def _verify_transfer(j: Journal, name: str) -> dict[str, Any]:
-    row = _row(j, name)
-    buf = bytearray(4 << 20)
-    checked = 0
-    not_published = 0
-    mismatches = []
-    for r in j.db.files(row.id):
-        if r.state is not _F.PUBLISHED:
-            not_published += 1
-            continue
-        checked += 1
-        m = _check_entry(r.kind, r.dst, r.size, r.crc32c, r.link, buf)
-        if m is not None:
-            mismatches.append(m)
-    complete = row.state is _T.COMPLETED
+    t = _transfer(j, name)
+    rep = t.verify()
+    assert rep.state is not None
     return {
         "version": JSON_VERSION,
         "journal": j.path,
         "transfer": name,
-        "state": row.state.value,
-        "complete": complete,
-        "checked": checked,
-        "not_published": not_published,
-        "mismatches": mismatches,
-        "ok": not mismatches and row.state is not _T.CANCELLED,
+        "state": rep.state.value,
+        "complete": rep.complete,
+        "checked": rep.checked,
+        "not_published": rep.not_published,
+        "mismatches": [_mismatch_doc(m) for m in rep.mismatches],
+        "ok": rep.ok,
     }
-
-
-def _manifest_module() -> Any:
-    try:
-        from . import _manifest
-    except ImportError:  # pragma: no cover - only in an axlpy built without MPI support
-        raise UsageError("this axlpy has no MPI commit manifest support "
-                         "(axlpy._manifest is missing)") from None
-    return _manifest
 
 
 def _verify_manifest(d: bytes) -> dict[str, Any]:
     """Check every entry of ``d``'s commit marker (size and CRC32C), like a transfer."""
-    mod = _manifest_module()
-    if not os.path.isdir(d):
-        raise UsageError(f"{_show(d)!r} is not a directory")
-    doc: dict[str, Any] = {"version": JSON_VERSION, **_path_fields("dir", d),
-                           "name": None, "committed": None, "nranks": None,
-                           "complete": False, "checked": 0, "mismatches": []}
-    try:
-        m = mod.read_manifest(os.fsdecode(d))
-    except mod.InvalidCheckpointError as exc:
-        doc["mismatches"].append({"kind": "marker", **_path_fields(
-            "path", os.path.join(d, os.fsencode(mod.MARKER))), "problem": "marker",
-            "detail": str(exc)})
-        doc["ok"] = False
-        return doc
-    doc.update(name=m.name, committed=_iso(m.committed_ns), nranks=m.nranks, complete=True)
-    buf = bytearray(4 << 20)
-    for e in m.entries:
-        doc["checked"] += 1
-        bad = _check_entry(e.kind, os.path.join(d, os.fsencode(e.path)), e.size, e.crc32c,
-                           None, buf)
-        if bad is not None:
-            bad["rank"] = e.rank
-            doc["mismatches"].append(bad)
-    doc["ok"] = not doc["mismatches"]
-    return doc
+    rep = verify_checkpoint(d)
+    return {"version": JSON_VERSION, **_path_fields("dir", d), "name": rep.name,
+            "committed": _iso(rep.committed_ns), "nranks": rep.nranks,
+            "complete": rep.complete, "checked": rep.checked,
+            "mismatches": [_mismatch_doc(m) for m in rep.mismatches], "ok": rep.ok}
 
 
 def _mismatch_text(m: dict[str, Any]) -> str:
