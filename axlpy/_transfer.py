@@ -85,6 +85,17 @@ class TransferStatus:
     running: bool
     #: set while the transfer is STALLED (no progress past its ``stall_timeout``)
     stall: StallInfo | None = None
+    #: the owner as journaled (``owner`` is its ``pid@host``); None: nobody owns it
+    owner_process: Owner | None = None
+    #: move mode: sources are deleted once every file is published
+    move: bool = False
+
+    @property
+    def live(self) -> bool:
+        """Is some process (possibly on another host) working on the transfer now?"""
+        if self.state.is_final or self.owner_process is None:
+            return False
+        return self.owner_process.alive() is not False
 
 
 @dataclass(frozen=True)
@@ -821,7 +832,8 @@ class Transfer:
         owner = f"{row.owner.pid}@{row.owner.host}" if row.owner else None
         return TransferStatus(row.name, row.type, row.state, f, ft, b, bt, rate, row.error,
                               owner, row.created_ns, row.updated_ns, self.running,
-                              self._stall if self.running else None)
+                              self._stall if self.running else None, row.owner,
+                              row.options.move)
 
     def files(self, states: Iterable[FileState] | None = None) -> list[FileStatus]:
         """Per-file detail from the journal (only rows in ``states`` if given)."""

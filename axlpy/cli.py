@@ -37,7 +37,6 @@ from typing import IO, Any, NoReturn, TypeVar
 
 import click
 
-from ._admission import AdmissionStats
 from ._config import default_journal_path
 from ._driver import Progress
 from ._durable import unlink_verified
@@ -52,12 +51,12 @@ from ._errors import (
     TransferError,
     UsageError,
 )
-from ._journal import FileRow, Owner, TransferRow
+from ._journal import Owner, TransferRow
 from ._lease import host_id
 from ._manifest import MARKER_TEMP_PREFIX
 from ._staging import TEMP_PATTERN, fsync_dir
 from ._state import FileState, TransferState
-from ._transfer import Journal, Transfer, TransferType
+from ._transfer import FileStatus, Journal, Transfer, TransferStatus, TransferType
 from ._verify import Mismatch, verify_checkpoint
 
 __all__ = [
@@ -440,19 +439,14 @@ def _open_journal(*, create: bool) -> Journal:
                        f"{_WHERE} to use another file") from exc
 
 
-def _row(j: Journal, name: str) -> TransferRow:
-    row = j.db.transfer(name)
-    if row is None:
-        names = j.names()
+def _transfer(j: Journal, name: str,
+              on_progress: Callable[[Progress], None] | None = None) -> Transfer:
+    """The transfer ``name``; UsageError naming the journal's last transfers if none."""
+    names = j.names()
+    if name not in names:
         more = f"; transfers in it: {', '.join(names[-5:])}" if names else " (it is empty)"
         raise UsageError(f"no transfer named {name!r} in journal {j.path!r}{more}")
-    return row
-
-
-def _transfer(j: Journal, name: str) -> Transfer:
-    """The transfer ``name``; UsageError naming the journal's last transfers if none."""
-    _row(j, name)
-    return j.open(name)
+    return j.open(name, on_progress=on_progress)
 
 
 def _owner_info(o: Owner | None) -> dict[str, Any] | None:
@@ -474,59 +468,50 @@ def _owner_text(info: dict[str, Any] | None) -> str:
     return f"{info['pid']}@{info['host']} ({alive})"
 
 
-def _is_live(row: TransferRow) -> bool:
-    """Is some process (possibly on another host) working on this transfer now?"""
-    if row.state.is_final or row.owner is None:
-        return False
-    return row.owner.alive() is not False
-
-
-def _next_steps(row: TransferRow) -> list[str]:
+def _next_steps(st: TransferStatus) -> list[str]:
     """What an operator should run next, for a transfer in this state."""
-    n = row.name
-    s = row.state
+    n = st.name
+    s = st.state
     if s is _T.COMPLETED:
         return [_cmd("verify", n), _cmd("free", n)]
     if s is _T.CANCELLED:
         return [_cmd("free", n)]
     if s is _T.CREATED:
         return [_cmd("free", n)]
-    if _is_live(row):
+    if st.live:
         return [_cmd("status --watch", n)]
     return [_cmd("resume", n), _cmd("cancel", n)]
 
 
-def _transfer_info(j: Journal, row: TransferRow) -> dict[str, Any]:
-    b, bt, f, ft = j.db.progress(row.id)
+def _transfer_info(st: TransferStatus) -> dict[str, Any]:
     now = time.time_ns()
-    owner = _owner_info(row.owner)
+    owner = _owner_info(st.owner_process)
     return {
-        "name": row.name,
-        "type": row.type,
-        "state": row.state.value,
-        "live": _is_live(row),
-        "files_done": f,
-        "files_total": ft,
-        "bytes_done": b,
-        "bytes_total": bt,
-        "created": _iso(row.created_ns),
-        "updated": _iso(row.updated_ns),
-        "age_seconds": round((now - row.created_ns) / 1e9, 3),
+        "name": st.name,
+        "type": st.type,
+        "state": st.state.value,
+        "live": st.live,
+        "files_done": st.files_done,
+        "files_total": st.files_total,
+        "bytes_done": st.bytes_done,
+        "bytes_total": st.bytes_total,
+        "created": _iso(st.created_ns),
+        "updated": _iso(st.updated_ns),
+        "age_seconds": round((now - st.created_ns) / 1e9, 3),
         "owner": owner,
-        "move": row.options.move,
-        "error": row.error,
-        "next": _next_steps(row),
+        "move": st.move,
+        "error": st.error,
+        "next": _next_steps(st),
     }
 
 
-def _file_info(r: FileRow) -> dict[str, Any]:
+def _file_info(r: FileStatus) -> dict[str, Any]:
     done = r.size if r.state in (_F.STAGED, _F.PUBLISHED) and r.kind == "file" else r.bytes_done
-    tmp = os.path.join(os.path.dirname(r.dst), r.tmp) if r.tmp else None
     return {
         "kind": r.kind,
-        **_path_fields("src", r.src),
-        **_path_fields("dst", r.dst),
-        **_path_fields("tmp", tmp),
+        **_path_fields("src", os.fsencode(r.src)),
+        **_path_fields("dst", os.fsencode(r.dst)),
+        **_path_fields("tmp", None if r.tmp is None else os.fsencode(r.tmp)),
         "state": r.state.value,
         "size": r.size if r.kind != "dir" else 0,
         "bytes_done": done if r.kind == "file" else 0,
@@ -828,7 +813,7 @@ def ls_cmd(as_json: bool) -> None:
     infos: list[dict[str, Any]] = []
     if os.path.exists(path):
         with _open_journal(create=False) as j:
-            infos = [_transfer_info(j, r) for r in j.db.transfers()]
+            infos = [_transfer_info(st) for st in j.transfers()]
     if as_json:
         _emit_json({"version": JSON_VERSION, "journal": path, "transfers": infos})
         return
@@ -844,37 +829,38 @@ def ls_cmd(as_json: bool) -> None:
 # -- status --------------------------------------------------------------------------------
 
 
-def _status_doc(j: Journal, row: TransferRow, states: set[str], limit: int | None,
+def _status_doc(j: Journal, t: Transfer, states: set[str], limit: int | None,
                 events: bool) -> dict[str, Any]:
-    files = [r for r in j.db.files(row.id) if not states or r.state.value in states]
+    files = [r for r in t.files() if not states or r.state.value in states]
     shown = files if limit is None else files[:limit]
-    info = _transfer_info(j, row)
-    info["admission"] = AdmissionStats.total(j.db.events(row.id)).as_dict()
+    st = t.status()
+    info = _transfer_info(st)
+    info["admission"] = t.admission_stats().as_dict()
     doc: dict[str, Any] = {
         "version": JSON_VERSION,
         "journal": j.path,
         "transfer": info,
         "files": [_file_info(r) for r in shown],
         "files_omitted": len(files) - len(shown),
-        "stalled": _stall_doc(j, row),
+        "stalled": _stall_doc(t, st),
     }
     if events:
         doc["events"] = [
             {"time": _iso(e["ts_ns"]), "event": e["event"], "from": e["from_state"],
              "to": e["to_state"], "file_id": e["file_id"], "detail": e["detail"],
              "pid": e["pid"]}
-            for e in j.db.events(row.id)
+            for e in t.events()
         ]
     return doc
 
 
-def _stall_doc(j: Journal, row: TransferRow) -> dict[str, Any] | None:
+def _stall_doc(t: Transfer, st: TransferStatus) -> dict[str, Any] | None:
     """STALLED: the owner is alive and its latest stall event is ``stall``."""
     from ._stall import stall_from_events
 
-    if row.state not in (_T.DISPATCHED, _T.RENAMED, _T.PAUSED) or not _is_live(row):
+    if st.state not in (_T.DISPATCHED, _T.RENAMED, _T.PAUSED) or not st.live:
         return None
-    info = stall_from_events(j.db.events(row.id))
+    info = stall_from_events(t.events())
     if info is None:
         return None
     return {"op": info.op, "path": info.path, "thread": info.thread,
@@ -936,8 +922,7 @@ def _watch(j: Journal, name: str, interval: float, as_json: bool) -> int:
     rate = 0.0
     last_line = ""
     while True:
-        row = _row(j, name)
-        info = _transfer_info(j, row)
+        info = _transfer_info(_transfer(j, name).status())
         now = time.monotonic()
         if last_bytes >= 0 and now > last_t:
             rate = max(0.0, (info["bytes_done"] - last_bytes) / (now - last_t))
@@ -1000,9 +985,10 @@ def status(name: str, as_json: bool, states: tuple[str, ...], limit: int | None,
         if watch:
             code = _watch(j, name, interval, as_json)
             if not as_json:
-                _print_status(_status_doc(j, _row(j, name), set(states), limit, events))
+                _print_status(_status_doc(j, _transfer(j, name), set(states), limit,
+                                          events))
             raise click.exceptions.Exit(code)
-        doc = _status_doc(j, _row(j, name), set(states), limit, events)
+        doc = _status_doc(j, _transfer(j, name), set(states), limit, events)
     if as_json:
         _emit_json(doc)
     else:
@@ -1029,20 +1015,19 @@ def resume(name: str, force: bool, progress: str) -> None:
     recopies what it cannot trust and completes. Ctrl-C stops cleanly (exit code 3).
     """
     with _open_journal(create=False) as j:
-        row = _row(j, name)
-        if row.state is _T.COMPLETED:
+        st = _transfer(j, name).status()
+        if st.state is _T.COMPLETED:
             _say(f"axlpy: {_safe(name)}: already COMPLETED; nothing to do", err=True)
             return
-        if row.state is _T.CREATED:
+        if st.state is _T.CREATED:
             raise UsageError(f"transfer {name!r} was never dispatched: nothing was copied, "
                              f"so there is nothing to resume; `{_cmd('free', name)}` "
                              "forgets it, then copy again")
-        published = sum(r.size for r in j.db.files(row.id, [_F.PUBLISHED])
+        published = sum(r.size for r in j.open(name).files([_F.PUBLISHED])
                         if r.kind == "file")
-        reporter = _Reporter(name, progress, baseline=j.db.progress(row.id)[0],
-                             published=published)
+        reporter = _Reporter(name, progress, baseline=st.bytes_done, published=published)
         t = j.open(name, on_progress=reporter)
-        _say(f"axlpy: resuming {_safe(name)} ({row.state.value})", err=True)
+        _say(f"axlpy: resuming {_safe(name)} ({st.state.value})", err=True)
         _run_transfer(t, reporter, functools.partial(t.resume, force=force))
 
 
@@ -1064,8 +1049,7 @@ def cancel(name: str, force: bool) -> None:
     instead). Safe to repeat.
     """
     with _open_journal(create=False) as j:
-        _row(j, name)
-        report = j.open(name).cancel(force=force)
+        report = _transfer(j, name).cancel(force=force)
         lines = report.lines(limit=20)
         _say(f"cancelled {_safe(name)}: {_safe(lines[0])}; sources untouched. "
              f"`{_cmd('free', name)}` forgets it.")
@@ -1084,8 +1068,7 @@ def free(name: str) -> None:
     Files on disk are not touched.
     """
     with _open_journal(create=False) as j:
-        _row(j, name)
-        j.open(name).free()
+        _transfer(j, name).free()
         _say(f"freed {_safe(name)}")
 
 
