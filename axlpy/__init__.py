@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from ._admission import AdmissionStats
     from ._cancel import CancelReport
     from ._driver import Progress
+    from ._gc import GcReport, TempFile, gc
     from ._lease import Owner
     from ._lifecycle import (
         PruneReport,
@@ -75,6 +76,9 @@ _LAZY = {
     "TransferType": "._transfer",
     "wait_all": "._transfer",
     "Mismatch": "._verify",
+    "GcReport": "._gc",
+    "TempFile": "._gc",
+    "gc": "._gc",
     "VerifyReport": "._verify",
     "verify_checkpoint": "._verify",
 }
@@ -110,6 +114,7 @@ __all__ = [
     "ChecksumMismatchError",
     "FileState",
     "FileStatus",
+    "GcReport",
     "IOBackendError",
     "InvalidTransitionError",
     "Journal",
@@ -130,6 +135,7 @@ __all__ = [
     "SecurityError",
     "SourceChangedError",
     "StalledError",
+    "TempFile",
     "Transfer",
     "TransferCancelledError",
     "TransferError",
@@ -142,6 +148,7 @@ __all__ = [
     "commit_checkpoint",
     "config",
     "default_journal_path",
+    "gc",
     "prune",
     "restore_point",
     "update_pointer",

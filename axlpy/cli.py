@@ -31,7 +31,7 @@ import shutil
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import IO, Any, NoReturn, TypeVar
 
@@ -39,7 +39,6 @@ import click
 
 from ._config import default_journal_path
 from ._driver import Progress
-from ._durable import unlink_verified
 from ._errors import (
     AxlError,
     BackendUnavailableError,
@@ -51,12 +50,10 @@ from ._errors import (
     TransferError,
     UsageError,
 )
-from ._journal import Owner, TransferRow
+from ._gc import TempFile, gc as collect_temps
 from ._lease import host_id
-from ._manifest import MARKER_TEMP_PREFIX
-from ._staging import TEMP_PATTERN, fsync_dir
 from ._state import FileState, TransferState
-from ._transfer import FileStatus, Journal, Transfer, TransferStatus, TransferType
+from ._transfer import FileStatus, Journal, Owner, Transfer, TransferStatus, TransferType
 from ._verify import Mismatch, verify_checkpoint
 
 __all__ = [
@@ -1398,107 +1395,37 @@ def prune(directory: str, keep_last: int, keep_every: int | None, verify: str,
 # -- gc ------------------------------------------------------------------------------------
 
 
-def _open_inodes() -> set[tuple[int, int]]:
-    """(device, inode) of every file some process on this host has open (those we may
-    inspect): a temp that is open is being written, whatever any journal says."""
-    out: set[tuple[int, int]] = set()
-    try:
-        pids = [p for p in os.listdir("/proc") if p.isdigit()]
-    except OSError:
-        return out
-    for pid in pids:
-        try:
-            fds = os.listdir(f"/proc/{pid}/fd")
-        except OSError:
-            continue
-        for fd in fds:
-            with contextlib.suppress(OSError):
-                st = os.stat(f"/proc/{pid}/fd/{fd}")
-                out.add((st.st_dev, st.st_ino))
-    return out
-
-
-def _find_temps(top: bytes) -> Iterator[tuple[bytes, os.stat_result,
-                                             tuple[str, int, int] | None]]:
-    """Every entry below ``top`` (symlinks not followed) named like an axlpy temp: a
-    file's (with its token, transfer id, file id) or a commit marker's (None)."""
-    for dirpath, _dirs, names in os.walk(top, followlinks=False):
-        for n in names:
-            m = TEMP_PATTERN.search(n)
-            marker = n.startswith(MARKER_TEMP_PREFIX)
-            if (m is None or not n.startswith(b".")) and not marker:
-                continue
-            p = os.path.join(dirpath, n)
-            try:
-                st = os.lstat(p)
-            except FileNotFoundError:
-                continue
-            if marker or m is None:
-                yield p, st, None
-            else:
-                yield p, st, (m.group(1).decode(), int(m.group(2)), int(m.group(3)))
-
-
-def _classify_marker_temp(age: float, is_open: bool,
-                          min_age: float) -> tuple[str, bool, str, None]:
-    """A commit marker's temp belongs to no journal: a commit killed before its rename
-    left it (readers ignore it); only a commit running now could still rename it."""
-    if is_open:
-        return "open", False, "a process on this host has it open", None
-    if age < min_age:
-        return ("recent", False, f"commit marker temp modified {_human_age(age)} ago "
-                f"(< --min-age {min_age:g}s): a commit may be writing it", None)
-    return ("marker", True, f"temp of a commit marker whose commit never renamed it; "
-            f"modified {_human_age(age)} ago", None)
-
-
-def _classify(token: str, tid: int, by_token: dict[str, TransferRow], age: float,
-              is_open: bool, min_age: float, include_resumable: bool,
-              journal: str) -> tuple[str, bool, str, TransferRow | None]:
-    """(class, deletable, reason, transfer row) for one temp file."""
-    row = by_token.get(token)
-    if row is not None and row.id != tid:
-        row = None
-    if row is not None and _is_live(row):
-        assert row.owner is not None
-        return ("live", False, f"transfer {row.name} is running in pid "
-                f"{row.owner.pid}@{row.owner.host}", row)
-    if is_open:
-        return "open", False, "a process on this host has it open", row
-    if row is None:
-        if age < min_age:
-            return ("recent", False, f"not in this journal and modified {_human_age(age)} "
-                    f"ago (< --min-age {min_age:g}s): may belong to a running transfer "
-                    "of another journal", None)
-        return ("unknown", True, f"not in journal {journal} (freed, or its journal is gone);"
-                f" modified {_human_age(age)} ago", None)
-    if row.state.is_final:
-        return ("finished", True, f"transfer {row.name} is {row.state.value}", row)
-    reason = (f"transfer {row.name} is {row.state.value} with no live owner: "
-              f"`{_cmd('resume', row.name)}` uses it, `{_cmd('cancel', row.name)}` "
-              "removes it")
-    return "resumable", include_resumable, reason, row
-
-
-def _still_deletable(p: bytes, st: os.stat_result, token: str, tid: int,
-                     j: Journal | None, cls: str) -> bool:
-    """Re-check right before unlinking: same file, not opened, its transfer not live."""
-    try:
-        now = os.lstat(p)
-    except FileNotFoundError:
-        return False
-    if (now.st_dev, now.st_ino, now.st_mtime_ns) != (st.st_dev, st.st_ino, st.st_mtime_ns):
-        return False
-    if (now.st_dev, now.st_ino) in _open_inodes():
-        return False
-    if cls == "marker":
-        return True
-    if j is None:
-        return cls == "unknown"
-    row = next((r for r in j.db.transfers() if r.token == token and r.id == tid), None)
-    if row is None:
-        return cls == "unknown"
-    return not _is_live(row)
+def _gc_reason(t: TempFile, min_age: float, journal: str) -> str:
+    """Why gc keeps or removes ``t``, and what happened if it changed meanwhile."""
+    age = _human_age(t.age)
+    if t.cls == "live":
+        why = f"transfer {t.transfer} is running in pid {t.owner}"
+    elif t.cls == "open":
+        why = "a process on this host has it open"
+    elif t.cls == "recent" and not t.token:
+        why = (f"commit marker temp modified {age} ago (< --min-age {min_age:g}s): a "
+               "commit may be writing it")
+    elif t.cls == "recent":
+        why = (f"not in this journal and modified {age} ago (< --min-age {min_age:g}s): "
+               "may belong to a running transfer of another journal")
+    elif t.cls == "marker":
+        why = f"temp of a commit marker whose commit never renamed it; modified {age} ago"
+    elif t.cls == "unknown":
+        why = f"not in journal {journal} (freed, or its journal is gone); modified {age} ago"
+    elif t.cls == "finished":
+        assert t.state is not None
+        why = f"transfer {t.transfer} is {t.state.value}"
+    else:
+        assert t.state is not None
+        assert t.transfer is not None
+        why = (f"transfer {t.transfer} is {t.state.value} with no live owner: "
+               f"`{_cmd('resume', t.transfer)}` uses it, `{_cmd('cancel', t.transfer)}` "
+               "removes it")
+    if t.changed is not None:
+        why += f"; {t.changed} while gc ran, kept"
+    if t.error is not None:
+        why += f"; unlink failed: {t.error}"
+    return why
 
 
 @cli.command(epilog=EXIT_CODES_HELP)
@@ -1526,54 +1453,24 @@ def gc(directory: str, do_delete: bool, include_resumable: bool, min_age: float,
     directories (.axlpy-trash.*: checkpoints an interrupted prune had already renamed
     away for deletion). Dry run unless --delete.
     """
-    top = os.path.abspath(os.fsencode(directory))
-    if not os.path.isdir(top):
+    if not os.path.isdir(os.fsencode(directory)):
         raise UsageError(f"{directory!r} is not a directory")
     path = _journal_path()
     j = _open_journal(create=False) if os.path.exists(path) else None
     try:
-        by_token = {r.token: r for r in j.db.transfers()} if j is not None else {}
-        opened = _open_inodes()
-        now = time.time()
-        entries = []
-        for p, st, ident in _find_temps(top):
-            age = now - st.st_mtime
-            token, tid, fid = ident or ("", 0, 0)
-            if ident is None:
-                cls, deletable, reason, row = _classify_marker_temp(
-                    age, (st.st_dev, st.st_ino) in opened, min_age)
-            else:
-                cls, deletable, reason, row = _classify(
-                    token, tid, by_token, age, (st.st_dev, st.st_ino) in opened, min_age,
-                    include_resumable, path)
-            action = "delete" if deletable else "keep"
-            if deletable and do_delete:
-                if _still_deletable(p, st, token, tid, j, cls):
-                    try:
-                        if _unlink_same_inode(p, st):
-                            action = "deleted"
-                        else:
-                            action, reason = "keep", f"{reason}; replaced while gc ran, kept"
-                    except OSError as exc:
-                        action, reason = "error", f"{reason}; unlink failed: {exc.strerror}"
-                else:
-                    action, reason = "keep", f"{reason}; changed while gc ran, kept"
-            entries.append({
-                **_path_fields("path", p), "size": st.st_size,
-                "modified": _iso(st.st_mtime_ns), "class": cls, "action": action,
-                "reason": reason, "token": token, "transfer_id": tid, "file_id": fid,
-                "transfer": row.name if row else None,
-                "state": row.state.value if row else None,
-            })
+        report = collect_temps(directory, j, delete=do_delete,
+                               include_resumable=include_resumable, min_age=min_age)
     finally:
         if j is not None:
             j.close()
-    from ._lifecycle import finish_trash_under
-
-    # prune's trash: checkpoints already committed to deletion by an interrupted prune
+    entries = [{
+        **_path_fields("path", t.path), "size": t.size, "modified": _iso(t.mtime_ns),
+        "class": t.cls, "action": t.action, "reason": _gc_reason(t, min_age, path),
+        "token": t.token, "transfer_id": t.transfer_id, "file_id": t.file_id,
+        "transfer": t.transfer, "state": t.state.value if t.state else None,
+    } for t in report.temps]
     trash = [{**_path_fields("path", os.fsencode(p)), "bytes": b,
-              "action": "deleted" if do_delete else "delete"}
-             for p, b in finish_trash_under(os.fsdecode(top), dry_run=not do_delete)]
+              "action": "deleted" if do_delete else "delete"} for p, b in report.trash]
     removable = [e for e in entries if e["action"] in ("delete", "deleted")]
     summary = {"found": len(entries), "kept": sum(e["action"] == "keep" for e in entries),
                "deletable": sum(e["action"] == "delete" for e in entries),
@@ -1602,21 +1499,6 @@ def gc(directory: str, do_delete: bool, include_resumable: bool, min_age: float,
                           else ""))
     if summary["errors"]:
         raise click.exceptions.Exit(EXIT_FAILURE)
-
-
-def _unlink_same_inode(p: bytes, st: os.stat_result) -> bool:
-    """Unlink ``p`` only if its name still holds the inode gc classified, through the
-    parent's directory fd (a directory swapped for a symlink cannot redirect it), then
-    fsync that directory. Returns False, removing nothing, if the entry changed."""
-    parent, name = os.path.split(p)
-    dfd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    try:
-        if not unlink_verified(dfd, name, st):
-            return False
-        fsync_dir(dfd)
-    finally:
-        os.close(dfd)
-    return True
 
 
 # -- entry point ---------------------------------------------------------------------------
