@@ -16,6 +16,7 @@ from click.testing import CliRunner
 
 import axlpy
 from axlpy import _lease
+from axlpy._config import Options
 from axlpy._journal import JournalDB
 from axlpy._lease import HEARTBEAT, Owner
 from axlpy._state import TransferState as T
@@ -25,7 +26,7 @@ LEASE_S = 60.0
 
 
 def _dispatched(db: JournalDB, name: str = "t") -> int:
-    tid = db.create_transfer(name, "sync", "tok", {"lease_timeout": LEASE_S})
+    tid = db.create_transfer(name, "sync", "tok", Options(lease_timeout=LEASE_S))
     db.set_state(tid, T.CREATED, T.DISPATCHED, event="dispatch", owner=Owner.me(LEASE_S))
     return tid
 
