@@ -822,50 +822,15 @@ def finish(journal_dir: str | os.PathLike[str], name: str, *,
             j.close()
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m axlpy.mpi latest DIR [--verify]`` | ``check CKPT [--verify]`` |
-    ``finish JOURNAL_DIR NAME``. No MPI needed."""
-    import argparse
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m axlpy.mpi ARGS``: the same as ``axlpy mpi ARGS`` (``finish``; see
+    docs/cli.md), with the same exit codes as every ``axlpy`` command. Exits."""
     import sys
 
-    p = argparse.ArgumentParser(prog="python -m axlpy.mpi")
-    sub = p.add_subparsers(dest="cmd", required=True)
-    a = sub.add_parser("latest", help="print the newest valid checkpoint under DIR")
-    a.add_argument("dir")
-    a.add_argument("--verify", action="store_true", help="check every file's CRC32C")
-    c = sub.add_parser("check", help="say whether CKPT is a valid checkpoint, and why not")
-    c.add_argument("ckpt")
-    c.add_argument("--verify", action="store_true")
-    f = sub.add_parser("finish", help="finish a dead job's transfer from its rank journals")
-    f.add_argument("journal_dir")
-    f.add_argument("name")
-    f.add_argument("--force", action="store_true",
-                   help="take over ranks owned on another node before their lease expires "
-                   "(only if that job is known dead)")
-    args = p.parse_args(argv)
-    try:
-        if args.cmd == "latest":
-            r = latest_valid_checkpoint(args.dir, verify=args.verify)
-            if r is None:
-                print(f"no valid checkpoint in {args.dir}", file=sys.stderr)
-                return 1
-            print(r.path)
-        elif args.cmd == "check":
-            res = check_checkpoint(args.ckpt, verify=args.verify)
-            print(("valid" if res.valid else "INVALID") + f": {res.path}")
-            for prob in res.problems:
-                print(f"  {prob}")
-            return 0 if res.valid else 1
-        else:
-            m = finish(args.journal_dir, args.name, force=args.force)
-            print(f"committed {m.name}: {len(m.entries)} entries, {m.total_bytes} bytes, "
-                  f"{m.nranks} ranks")
-    except (AxlError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    from .cli import main as cli_main
+
+    cli_main(["mpi", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":  # pragma: no cover
-    raise SystemExit(main())
-
+    main()

@@ -197,19 +197,12 @@ def _log_once(name: str, reason: str) -> None:
 
 
 def _check_liburing_version() -> str:
-    """The installed liburing's version if it is the one axlpy supports, else raise."""
-    from .._imports import dist_version
-    from ._uring import SUPPORTED_LIBURING
+    """The installed liburing's version if it is the one axlpy supports, else
+    BackendUnavailableError: :func:`axlpy.io._uring.check_liburing_version`, the one
+    check (it never imports liburing)."""
+    from ._uring import check_liburing_version
 
-    version = dist_version("liburing")
-    if version is None:
-        raise BackendUnavailableError(REGISTRY["uring"]["err"])
-    if version != SUPPORTED_LIBURING:
-        raise BackendUnavailableError(
-            f"liburing {version} is installed, axlpy needs {SUPPORTED_LIBURING}: "
-            "pip install 'axlpy[uring]'"
-        )
-    return version
+    return check_liburing_version()
 
 
 _URING_PROBE = """

@@ -63,16 +63,11 @@ _LIBURING: ModuleType | None = None
 _LIBURING_LOCK = threading.Lock()
 
 
-def load_liburing() -> ModuleType:
-    """Import the liburing binding after checking its installed version.
-
-    The version is read from the distribution metadata *before* importing, so an
-    unsupported build (the 2026.x Zig build dies with SIGILL on CPUs without AVX-512) is
-    never loaded into this process.
-
-    Raises:
-        BackendUnavailableError: liburing is missing, or not version 2024.5.3.
-    """
+def check_liburing_version() -> str:
+    """The installed liburing's version, read from its distribution metadata without
+    importing it. The only place axlpy checks it (the probe and :func:`load_liburing`
+    both call this). Raises BackendUnavailableError if liburing is missing or is not
+    :data:`SUPPORTED_LIBURING`."""
     from .._imports import dist_version
 
     version = dist_version("liburing")
@@ -83,6 +78,20 @@ def load_liburing() -> ModuleType:
             f"liburing {version} is installed but axlpy only loads {SUPPORTED_LIBURING} "
             f"(the 2026.x build can crash with SIGILL): {_INSTALL_HINT}"
         )
+    return version
+
+
+def load_liburing() -> ModuleType:
+    """Import the liburing binding after checking its installed version.
+
+    The version is read from the distribution metadata *before* importing, so an
+    unsupported build (the 2026.x Zig build dies with SIGILL on CPUs without AVX-512) is
+    never loaded into this process.
+
+    Raises:
+        BackendUnavailableError: liburing is missing, or not version 2024.5.3.
+    """
+    check_liburing_version()
     global _LIBURING
     # liburing's package __init__ loads its API through a custom importer that rewrites a
     # .pyc as it goes; two threads importing it at once let the second one see a module

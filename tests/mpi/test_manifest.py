@@ -136,9 +136,13 @@ def test_import_axlpy_and_axlpy_mpi_do_not_import_mpi4py() -> None:
 def test_cli_check_reports_problems(tmp_path: Path) -> None:
     d = make_ckpt(tmp_path, "c", {"a": b"abc"})
     (d / "a").write_bytes(b"abd")
-    p = subprocess.run([sys.executable, "-m", "axlpy.mpi", "check", str(d), "--verify"],
+    p = subprocess.run([sys.executable, "-m", "axlpy", "verify", "--manifest", str(d)],
                        capture_output=True, text=True, timeout=60)
-    assert p.returncode == 1 and "INVALID" in p.stdout and "a: CRC32C" in p.stdout
-    p = subprocess.run([sys.executable, "-m", "axlpy.mpi", "latest", str(tmp_path),
-                        "--verify"], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 1 and "MISMATCH" in p.stdout and "CRC32C" in p.stdout
+    p = subprocess.run([sys.executable, "-m", "axlpy", "latest", str(tmp_path), "--check",
+                        "crc"], capture_output=True, text=True, timeout=60)
     assert p.returncode == 1 and "no valid checkpoint" in p.stderr
+    # python -m axlpy.mpi is `axlpy mpi`: its old checkpoint commands are gone (usage, 2)
+    p = subprocess.run([sys.executable, "-m", "axlpy.mpi", "check", str(d)],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2 and "No such command 'check'" in p.stderr
