@@ -20,7 +20,7 @@ import os
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -227,16 +227,20 @@ class Driver:
     # -- run ------------------------------------------------------------------------------
 
     def run(self, resume_info: dict[int, tuple[int, int, int]] | None = None,
-            ready: Sequence[FileRow] = (), renamed: Sequence[FileRow] = ()) -> None:
+            ready: Sequence[FileRow] = (), renamed: Sequence[FileRow] = (), *,
+            rows: list[FileRow] | None = None, checked: bool = False) -> None:
         """From DISPATCHED: stage, publish, RENAMED, delete sources (move), COMPLETED.
 
         ``resume_info`` maps file id -> (verified bytes, their CRC, next extent) for temps
         kept by a resume; ``ready`` are STAGED rows whose temps were verified; ``renamed``
-        are STAGED rows whose rename happened but was not journaled.
+        are STAGED rows whose rename happened but was not journaled. ``rows`` are the
+        transfer's rows as journaled (dispatch and resume pass the ones they just read
+        and committed, so 100k rows are read once, not twice; None reads them);
+        ``checked``: each already passed :meth:`_check_inside_roots`.
         On error: the transfer is journaled FAILED (resumable), temps stay for resume.
         """
         try:
-            self._run(resume_info or {}, ready, renamed)
+            self._run(resume_info or {}, ready, renamed, rows, checked)
         except TransferCancelledError:
             raise  # the canceller cleans up and journals CANCELLED (also _Abandoned)
         except BaseException as exc:
@@ -255,10 +259,13 @@ class Driver:
                                 transfer=self.t.name) from exc
 
     def _run(self, resume_info: dict[int, tuple[int, int, int]],
-             ready: Sequence[FileRow], renamed: Sequence[FileRow]) -> None:
-        rows = self.jdb.files(self.t.id)
-        for r in rows:
-            self._check_inside_roots(r)
+             ready: Sequence[FileRow], renamed: Sequence[FileRow],
+             rows: list[FileRow] | None, checked: bool) -> None:
+        if rows is None:
+            rows, checked = self.jdb.files(self.t.id), False
+        if not checked:
+            for r in rows:
+                self._check_inside_roots(r)
         with self._dirs() as dirs:
             if renamed:
                 for key in {(r.root, _dir_and_name(r.rel)[0]) for r in renamed}:
@@ -281,7 +288,7 @@ class Driver:
             self._publish_dirs(dirs, [r for r in rows if r.kind == "dir"])
         self._move(_T.RENAMED, "renamed")
         crash_point("renamed.after_commit")
-        self.finish()
+        self.finish(rows)
 
     def _task(self, dirs: DirCache, r: FileRow,
               info: tuple[int, int, int] | None = None) -> StageTask:
@@ -460,15 +467,16 @@ class Driver:
 
     # -- after RENAMED --------------------------------------------------------------------
 
-    def finish(self) -> None:
-        """From RENAMED: delete sources (move mode), then COMPLETED. Idempotent."""
+    def finish(self, rows: list[FileRow] | None = None) -> None:
+        """From RENAMED: delete sources (move mode), then COMPLETED. Idempotent.
+        ``rows``: the transfer's rows if the caller holds them (else read)."""
         self._check_fence()
         if self.opts.move:
-            self._delete_sources()
+            self._delete_sources(rows)
         self._move(_T.COMPLETED, "complete", owner=None)
         crash_point("complete.after_commit")
 
-    def _delete_sources(self) -> None:
+    def _delete_sources(self, rows: list[FileRow] | None = None) -> None:
         """Unlink each source (only if unchanged since dispatch), remove the emptied source
         directories, fsync their parents.
 
@@ -480,7 +488,8 @@ class Driver:
         outside the tree the user named and is never deleted. A row naming a source no
         ``add()`` recorded raises :class:`SecurityError` before anything is deleted.
         """
-        rows = self.jdb.files(self.t.id)
+        if rows is None:
+            rows = self.jdb.files(self.t.id)
         adds = _recorded_adds(self.opts)
         by_path: dict[bytes, int] = {}
         touched: dict[int, None] = {}
@@ -627,7 +636,9 @@ class Driver:
             self.jdb.set_files(self.t.id, [(r, _F.PENDING, {"bytes_done": 0}) for r in reset],
                                "resume-reset")
             crash_point("resume.after_reset_file")
-        self.run(info, ready, renamed)
+        # The rows just read and checked (set_files kept their states current): run()
+        # does not read and check 100k rows a second time.
+        self.run(info, ready, renamed, rows=rows, checked=True)
 
     def _verify_extents(self, r: FileRow, dfd: int,
                         buf: bytearray) -> tuple[int, int, int] | None:
@@ -903,25 +914,25 @@ def _transitions_from(state: TransferState) -> Iterable[TransferState]:
     return TRANSITIONS[state]
 
 
-def assign_temps(rows: Iterable[FileRow], token: str, tid: int) -> list[tuple[int, bytes]]:
-    """``(file id, temp basename)`` of each file and symlink (journaled by dispatch)."""
+def assign_temps(rows: Sequence[FileRow], token: str, tid: int
+                 ) -> Iterator[tuple[int, bytes]]:
+    """Give each file and symlink row its temp name, in memory, and return ``(file id,
+    temp basename)`` of each for dispatch to journal (made as they are consumed)."""
     from ._staging import temp_name
 
-    out: list[tuple[int, bytes]] = []
     for r in rows:
-        if r.kind == "dir":
-            continue
-        out.append((r.id, temp_name(_dir_and_name(r.rel)[1], token, tid, r.id)))
-    return out
+        if r.kind != "dir":
+            r.tmp = temp_name(_dir_and_name(r.rel)[1], token, tid, r.id)
+    return ((r.id, r.tmp) for r in rows if r.kind != "dir" and r.tmp is not None)
 
 
-def restat_sources(rows: Iterable[FileRow]) -> list[tuple[int, int, int, int]]:
-    """``(file id, size, mtime_ns, mode)`` of each source file as of dispatch (journaled
-    by dispatch); raises BadSourceError naming a source that vanished or changed kind
-    since add()."""
+def restat_sources(rows: Sequence[FileRow]) -> Iterator[tuple[int, int, int, int]]:
+    """Record each source's size, mtime and mode as of dispatch in its row, in memory (one
+    ``stat`` per source), and return ``(file id, size, mtime_ns, mode)`` of each for
+    dispatch to journal; raises BadSourceError naming a source that vanished or changed
+    kind since add()."""
     from ._errors import BadSourceError
 
-    out: list[tuple[int, int, int, int]] = []
     for r in rows:
         if r.kind != "file":
             continue
@@ -930,8 +941,7 @@ def restat_sources(rows: Iterable[FileRow]) -> list[tuple[int, int, int, int]]:
         except FileNotFoundError:
             raise BadSourceError(f"source {os.fsdecode(r.src)!r} vanished before "
                                  "dispatch") from None
-        if not os.path.isfile(r.src):
+        if not stat.S_ISREG(st.st_mode):
             raise BadSourceError(f"source {os.fsdecode(r.src)!r} is no longer a file")
-        out.append((r.id, st.st_size, st.st_mtime_ns, st.st_mode & 0o7777))
-    return out
-
+        r.size, r.mtime_ns, r.mode = st.st_size, st.st_mtime_ns, st.st_mode & 0o7777
+    return ((r.id, r.size, r.mtime_ns, r.mode) for r in rows if r.kind == "file")

@@ -91,7 +91,7 @@ class TransferRow:
     error: str | None
 
 
-@dataclass
+@dataclass(slots=True)
 class FileRow:
     id: int
     kind: str  # "file" | "dir" | "symlink"
@@ -116,6 +116,13 @@ _FILE_COLS = (
     "id, kind, src, dst, root, rel, tmp, size, mtime_ns, mode, uid, gid, link, crc32c, "
     "state, bytes_done, error"
 )
+
+
+def file_params(row: Mapping[str, Any]) -> tuple[Any, ...]:
+    """A ``walk_source`` row as :meth:`JournalDB.add_files` takes it: ``(kind, src, dst,
+    root, rel, size, mtime_ns, mode, uid, gid, link)``."""
+    return (row["kind"], row["src"], row["dst"], row["root"], row["rel"], row["size"],
+            row["mtime_ns"], row["mode"], row["uid"], row["gid"], row.get("link"))
 
 
 def _blob(v: Any) -> bytes:
@@ -530,16 +537,18 @@ class JournalDB:
         ``(file_id, size, mtime_ns, mode)``. Raises JournalError if the transfer is no
         longer CREATED; then nothing was written."""
         check_transition(TransferState.CREATED, TransferState.DISPATCHED, name)
-        with self.transaction() as db:
+        with self.transaction():
             self._set_state(tid, TransferState.CREATED, TransferState.DISPATCHED,
                             event="dispatch", detail=None, error=None, owner=owner,
                             name=name)
-            for fid, size, mtime_ns, mode in sources:
-                db.execute("UPDATE files SET size = ?, mtime_ns = ?, mode = ? WHERE id = ?"
-                           " AND transfer_id = ?", (size, mtime_ns, mode, fid, tid))
-            for fid, tmp in temps:
-                db.execute("UPDATE files SET tmp = ? WHERE id = ? AND transfer_id = ?",
-                           (tmp, fid, tid))
+            # executemany over the iterables as they come: no list of 100k parameters
+            self.conn.executemany(
+                "UPDATE files SET size = ?, mtime_ns = ?, mode = ? WHERE id = ?"
+                " AND transfer_id = ?", ((size, mtime_ns, mode, fid, tid)
+                                         for fid, size, mtime_ns, mode in sources))
+            self.conn.executemany(
+                "UPDATE files SET tmp = ? WHERE id = ? AND transfer_id = ?",
+                ((tmp, fid, tid) for fid, tmp in temps))
 
     def pause(self, tid: int, detail: str, *, name: str = "") -> bool:
         """DISPATCHED -> PAUSED (the retry policy waits for an operator), durable. Returns
@@ -687,36 +696,47 @@ class JournalDB:
 
     # -- files ----------------------------------------------------------------------------
 
-    def add_files(self, tid: int, rows: Sequence[Mapping[str, Any]],
+    def add_files(self, tid: int, rows: Sequence[Sequence[Any]],
                   options: Options | None = None) -> None:
         """Insert PENDING file rows for one ``add()`` in one transaction, together with
-        the transfer's new ``options`` if given: all of it or nothing."""
-        with self.transaction() as db:
-            if options is not None:
-                db.execute("UPDATE transfers SET options = ? WHERE id = ?",
-                           (_options_json(options), tid))
-            dup = None
-            for row in rows:
-                try:
-                    db.execute(
-                        "INSERT INTO files (transfer_id, kind, src, dst, root, rel, size,"
-                        " mtime_ns, mode, uid, gid, link, state) VALUES"
-                        " (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                        (tid, row["kind"], row["src"], row["dst"], row["root"], row["rel"],
-                         row["size"], row["mtime_ns"], row["mode"], row["uid"], row["gid"],
-                         row.get("link"), FileState.PENDING.value),
-                    )
-                except sqlite3.IntegrityError:
-                    dup = row["dst"]
-                    break
-            if dup is not None:
-                from ._errors import UsageError
-
-                raise UsageError(
-                    f"destination {os.fsdecode(dup)!r} is added twice to this transfer"
+        the transfer's new ``options`` if given: all of it or nothing. Each row is
+        :func:`file_params` of a ``walk_source`` row (a tuple: a dict per row would cost
+        a kilobyte each for a 100k-file add)."""
+        pending = FileState.PENDING.value
+        try:
+            with self.transaction() as db:
+                if options is not None:
+                    db.execute("UPDATE transfers SET options = ? WHERE id = ?",
+                               (_options_json(options), tid))
+                self.conn.executemany(
+                    "INSERT INTO files (transfer_id, kind, src, dst, root, rel, size,"
+                    " mtime_ns, mode, uid, gid, link, state) VALUES"
+                    " (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    ((tid, *row, pending) for row in rows),
                 )
-            self._event(tid, "add", detail=f"{len(rows)} entries")
+                self._event(tid, "add", detail=f"{len(rows)} entries")
+        except sqlite3.IntegrityError:
+            # Rolled back: name the duplicate now, against what the journal held before.
+            from ._errors import UsageError
+
+            raise UsageError(f"destination {os.fsdecode(self._dup_dst(tid, rows))!r}"
+                             " is added twice to this transfer") from None
         crash_point("add.after_commit")
+
+    def _dup_dst(self, tid: int, rows: Sequence[Sequence[Any]]) -> bytes:
+        """The first destination of ``rows`` added twice: within ``rows``, or already in
+        the transfer (called after the failed insert was rolled back)."""
+        seen: set[bytes] = set()
+        for row in rows:
+            dst = row[2]
+            if dst in seen:
+                return bytes(dst)
+            seen.add(dst)
+        for row in rows:
+            if self.conn.execute("SELECT 1 FROM files WHERE transfer_id = ? AND dst = ?",
+                                 (tid, row[2])).fetchone():
+                return bytes(row[2])
+        return b"?"  # pragma: no cover - the constraint names a duplicate destination
 
     def files(self, tid: int, states: Iterable[FileState] | None = None) -> list[FileRow]:
         with self._lock:
@@ -745,23 +765,23 @@ class JournalDB:
         for row, to, _ in changes:
             check_file_transition(row.state, to, os.fsdecode(row.dst))
         now = time.time_ns()
+        # One executemany per statement shape (the columns set): a group of 256 files is
+        # one or two statements, not 256 (docs/benchmarks.md, journal cost per file).
+        shapes: dict[tuple[str, ...], list[tuple[Any, ...]]] = {}
+        for row, to, values in changes:
+            shapes.setdefault(tuple(values), []).append(
+                (to.value, *values.values(), row.id, row.state.value))
         with self.transaction() as db:
-            for row, to, values in changes:
-                cols = ["state = ?"]
-                args: list[Any] = [to.value]
-                for k, v in values.items():
-                    cols.append(f"{k} = ?")
-                    args.append(v)
-                cur = db.execute(
-                    f"UPDATE files SET {', '.join(cols)} WHERE id = ? AND state = ?",
-                    (*args, row.id, row.state.value),
-                )
-                if cur.rowcount != 1:
-                    raise JournalError(
-                        f"file {os.fsdecode(row.dst)!r} is no longer {row.state.value}"
-                    )
-                if to is FileState.PENDING:
-                    db.execute("DELETE FROM extents WHERE file_id = ?", (row.id,))
+            conn = self.conn
+            for keys, params in shapes.items():
+                sets = ", ".join(["state = ?", *(f"{k} = ?" for k in keys)])
+                cur = conn.executemany(
+                    f"UPDATE files SET {sets} WHERE id = ? AND state = ?", params)
+                if cur.rowcount != len(params):
+                    self._stale_file(changes)
+            resets = [(row.id,) for row, to, _ in changes if to is FileState.PENDING]
+            if resets:
+                conn.executemany("DELETE FROM extents WHERE file_id = ?", resets)
             if len(changes) == 1:
                 row, to, values = changes[0]
                 self._event(tid, event, file_id=row.id, frm=row.state.value, to=to.value,
@@ -774,18 +794,28 @@ class JournalDB:
             for k, v in values.items():
                 setattr(row, k, v)
 
+    def _stale_file(self, changes: Sequence[tuple[FileRow, FileState, Mapping[str, Any]]]
+                    ) -> None:
+        """Raise JournalError naming the first file of ``changes`` whose journaled state
+        is not the one the caller saw (inside the failing transaction: rolled back)."""
+        for row, _, _ in changes:
+            r = self.conn.execute("SELECT state FROM files WHERE id = ?", (row.id,)
+                                  ).fetchone()
+            if r is None or r[0] != row.state.value:
+                break
+        raise JournalError(f"file {os.fsdecode(row.dst)!r} is no longer {row.state.value}")
+
     def add_extents(self, extents: Sequence[tuple[int, int, int, int, int]]) -> None:
         """Journal verified extents ``(file_id, idx, length, crc32c, bytes_done)`` in one
         transaction (group commit; a crash may lose the last group, never corrupt one)."""
         if not extents:
             return
-        with self.transaction() as db:
-            for fid, idx, length, crc, done in extents:
-                db.execute(
-                    "INSERT OR REPLACE INTO extents (file_id, idx, length, crc32c)"
-                    " VALUES (?, ?, ?, ?)", (fid, idx, length, crc),
-                )
-                db.execute("UPDATE files SET bytes_done = ? WHERE id = ?", (done, fid))
+        with self.transaction():
+            self.conn.executemany(
+                "INSERT OR REPLACE INTO extents (file_id, idx, length, crc32c)"
+                " VALUES (?, ?, ?, ?)", [(fid, idx, n, crc) for fid, idx, n, crc, _ in extents])
+            self.conn.executemany("UPDATE files SET bytes_done = ? WHERE id = ?",
+                                  [(done, fid) for fid, _, _, _, done in extents])
         crash_point("stage.after_extent_commit")
 
     def extents(self, file_id: int) -> list[tuple[int, int, int]]:

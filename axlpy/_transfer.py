@@ -32,7 +32,7 @@ from ._errors import (
     TransferCancelledError,
     UsageError,
 )
-from ._journal import FileRow, JournalDB, TransferRow
+from ._journal import FileRow, JournalDB, TransferRow, file_params
 from ._lease import HEARTBEAT, Owner
 from ._retry import InterventionController, RetryPolicy, call_persistently
 from ._sources import Limits, walk_source
@@ -384,12 +384,15 @@ class Transfer:
                                          "add (only while CREATED)")
         s, d = _fs(src), _fs(dst)
         opts = row.options
-        rows = list(walk_source(s, d, symlinks=opts.symlinks, limits=limits or Limits()))
+        walk = walk_source(s, d, symlinks=opts.symlinks, limits=limits or Limits())
+        first = next(walk)
+        # Kept as tuples, each dict dropped as soon as it is made (memory of a big add).
+        rows = [file_params(first), *map(file_params, walk)]
         # Record the destination root (resume never writes outside the recorded roots)
         # and what this add named (move mode deletes only inside it) in the same
         # transaction as the rows: all of it or nothing.
-        root = os.fsdecode(rows[0]["root"])
-        add = (os.fsdecode(rows[0]["src"]), os.fsdecode(rows[0]["dst"]), str(rows[0]["kind"]))
+        root = os.fsdecode(first["root"])
+        add = (os.fsdecode(first["src"]), os.fsdecode(first["dst"]), str(first["kind"]))
         new = opts.replace(roots=opts.roots if root in opts.roots else (*opts.roots, root),
                            adds=(*(opts.adds or ()), add))
         self.journal.db.add_files(row.id, rows, options=new)
@@ -414,6 +417,9 @@ class Transfer:
         files = self.journal.db.files(row.id)
         if not files:
             raise UsageError(f"transfer {self.name!r} has no files; add() some first")
+        # One pass: the rows read here get their dispatch stat and temp name in memory,
+        # are journaled (executemany) and are handed to the run, which does not read them
+        # again.
         sources = restat_sources(files)
         self.journal.db.dispatch(row.id, owner=Owner.me(row.options.lease_timeout),
                                  name=self.name,
@@ -422,7 +428,7 @@ class Transfer:
         from ._crashpoints import crash_point
 
         crash_point("dispatch.after_commit")
-        self._start(lambda d: d.run())
+        self._start(lambda d: d.run(rows=files))
 
     def _driver(self) -> Driver:
         row = self._refresh()

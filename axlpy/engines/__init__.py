@@ -100,9 +100,12 @@ def get_engine(type_name: str, *, files: int | None = None, nbytes: int | None =
 def stage_chunk_size(chunk_size: int, tasks: Sequence[StageTask]) -> int:
     """The IO buffer size for staging ``tasks``: the configured ``chunk_size``, halved
     while the biggest file (what is left of it) still fits in one buffer, not below
-    :data:`MIN_CHUNK` — so a 3-byte copy allocates pages, not the configured megabytes.
+    :data:`MIN_CHUNK` — so a 3-byte copy allocates pages, not the configured megabytes —
+    with one byte of room past the biggest file (see ``FileStager.copy_small``).
     Halving keeps it a divisor of ``chunk_size`` (and so of ``extent_size``)."""
-    need = max((t.row.size - t.resume_from for t in tasks), default=0)
+    # One byte of room past the biggest file: a file below one chunk is staged with one
+    # read of size + 1 bytes (FileStager.copy_small), whose short count proves the end.
+    need = max((t.row.size - t.resume_from for t in tasks), default=0) + 1
     size = chunk_size
     while size % 2 == 0 and size // 2 >= max(need, MIN_CHUNK):
         size //= 2

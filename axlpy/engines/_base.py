@@ -28,7 +28,7 @@ from ..io import IOQueue
 __all__ = ["Engine", "StageContext", "StageResult", "StageTask"]
 
 
-@dataclass
+@dataclass(slots=True)
 class StageTask:
     """Copy ``row.src`` into temp ``tmp`` in the destination directory of ``row``.
 
@@ -53,7 +53,7 @@ class StageTask:
         return self.dirs.pinned(self.row.root, os.path.dirname(self.row.rel))
 
 
-@dataclass
+@dataclass(slots=True)
 class StageResult:
     task: StageTask
     crc32c: int

@@ -26,6 +26,14 @@ everything that makes a temp trustworthy, so it is written and proven once:
    fsynced (planted bugs ``rename_before_fsync``/``fsync_noop`` skip it; crash point
    ``stage.after_fsync``), and both fds closed. The result is the file's CRC32C.
 
+A file below one chunk (:meth:`~FileStager.fits`) is staged in one step instead,
+:meth:`~FileStager.copy_small`, on the calling thread: open the source, read it whole
+with one read of ``size + 1`` bytes (getting exactly ``size`` proves the end of file, so
+no separate probe for extra bytes), fstat it once to check it is still the regular file
+recorded at dispatch and was not rewritten while read, and only then create the temp,
+write it, set its mode, fsync it and close both fds — 9 system calls per file instead
+of 11, and no hand-off between threads (docs/engines.md, "Small files").
+
 On disk if a step raises or the process dies: the temp holds a prefix of the data
 (extents journaled so far were fdatasynced before being journaled); nothing is under the
 final name; the source is never written. :meth:`~FileStager.close` releases the fds.
@@ -199,6 +207,74 @@ class FileStager:
             raise
         self.src_fd, self.tmp_fd = src_fd, tmp_fd
         return self
+
+    # -- a file below one chunk, in one step ----------------------------------------------
+
+    def fits(self, room: int) -> bool:
+        """Can this file be staged by :meth:`copy_small` with a buffer of ``room`` bytes?
+        (A fresh temp, and one byte of room past the end to prove the end of file.)"""
+        return self.task.resume_from == 0 and self.size < room
+
+    def copy_small(self, queue: IOQueue, buf: bytearray) -> StageResult:
+        """Stage a file below one chunk (:meth:`fits`) in one step on this thread: read,
+        check the source, checksum, create the temp, write, seal (:meth:`finish`).
+
+        The same checks as the chunked path, in fewer system calls: the source is read
+        whole before it is checked, so one fstat afterwards covers both "still the file
+        recorded at dispatch" and "not rewritten while being copied", and a read of
+        ``size + 1`` bytes that returns ``size`` covers "did not grow". The temp is
+        created only once the source passed (a changed source leaves no temp).
+        On error nothing stays open; a temp created is left for cancel/resume.
+        """
+        task, size = self.task, self.size
+        name = self.src
+        try:
+            self.src_fd = os.open(task.row.src, _SRC_FLAGS)
+        except FileNotFoundError as exc:
+            raise SourceChangedError(f"source {name!r} vanished after dispatch",
+                                     path=name) from exc
+        except OSError as exc:
+            if exc.errno == _errno.ELOOP:
+                raise SourceChangedError(
+                    f"source {name!r} became a symlink after dispatch", path=name) from exc
+            raise
+        data = memoryview(buf)[:size + 1]
+        try:
+            n = self.ctx.retry(
+                lambda: queue_io(queue, False, self.src_fd, data, 0, "read", name),
+                f"read {name!r} @0+{size + 1}")
+        except BaseException:
+            st = os.fstat(self.src_fd)
+            if not stat.S_ISREG(st.st_mode):  # a FIFO or a directory now: say so
+                raise BadSourceError(f"source {name!r} is no longer a regular file"
+                                     ) from None
+            raise
+        st = os.fstat(self.src_fd)
+        row = task.row
+        if not stat.S_ISREG(st.st_mode):
+            raise BadSourceError(f"source {name!r} is no longer a regular file")
+        if st.st_size != row.size or st.st_mtime_ns != row.mtime_ns or n != size:
+            raise SourceChangedError(
+                f"source {name!r} changed since dispatch (size {row.size} -> "
+                f"{st.st_size if n == size else n}, mtime_ns {row.mtime_ns} -> "
+                f"{st.st_mtime_ns}); not copied", path=name)
+        os.close(self.src_fd)
+        self.src_fd = -1
+        data = data[:size]
+        self.crc = crc32c(data)
+        self.crc_off = size
+        with task.dir() as dir_fd:
+            self.tmp_fd = create_temp(dir_fd, task.tmp)
+        crash_point("stage.after_create_temp")
+        if size:
+            self.write(queue, data, 0)
+            self.written(0, size)
+        self.apply_metadata()
+        if not planted("rename_before_fsync"):
+            fsync_fd(self.tmp_fd)
+        crash_point("stage.after_fsync")
+        self.close()
+        return StageResult(task, self.crc, size, size)
 
     # -- bytes ----------------------------------------------------------------------------
 

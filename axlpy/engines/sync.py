@@ -28,7 +28,13 @@ class SyncEngine(Engine):
             for task in tasks:
                 st = FileStager(task, ctx)
                 try:
-                    res = _copy(st.open(), ctx, queue, buf)
+                    if st.fits(len(buf)):
+                        if ctx.cancel.is_set():
+                            raise TransferCancelledError(
+                                f"cancelled before copying {st.dst!r}", path=st.dst)
+                        res = st.copy_small(queue, buf)
+                    else:
+                        res = _copy(st.open(), ctx, queue, buf)
                 except Exception as exc:
                     raise name_file(exc, task)  # noqa: B904 (keeps its own __cause__)
                 finally:

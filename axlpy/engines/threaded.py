@@ -189,8 +189,13 @@ class PthreadEngine(Engine):
                 while (task := next_task()) is not None:
                     st = FileStager(task, ctx)
                     try:
-                        res = copy_file_pipelined(st.open(), queues[0], queues[1], bufs,
-                                                  writer, should_stop)
+                        if st.fits(len(bufs[0])):
+                            # Below one chunk: read, checksum and write on this thread,
+                            # no hand-off to the writer (docs/engines.md).
+                            res = st.copy_small(queues[0], bufs[0])
+                        else:
+                            res = copy_file_pipelined(st.open(), queues[0], queues[1],
+                                                      bufs, writer, should_stop)
                     except _Stop:
                         return
                     except BaseException as exc:
