@@ -74,9 +74,10 @@ class Extent(NamedTuple):
     end: int  # bytes of the file done once it is committed
 
 
-def open_source(task: StageTask) -> int:
+def open_source(task: StageTask, check: bool = True) -> int:
     """Open the source read-only without following a final symlink or blocking on a FIFO,
-    and check it is still the regular file recorded at dispatch."""
+    and (``check``) check it is still the regular file recorded at dispatch
+    (:meth:`FileStager.copy_small` checks after its one read instead)."""
     row = task.row
     name = os.fsdecode(row.src)
     try:
@@ -89,6 +90,8 @@ def open_source(task: StageTask) -> int:
             raise SourceChangedError(f"source {name!r} became a symlink after dispatch",
                                      path=name) from exc
         raise
+    if not check:
+        return fd
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
@@ -228,16 +231,7 @@ class FileStager:
         """
         task, size = self.task, self.size
         name = self.src
-        try:
-            self.src_fd = os.open(task.row.src, _SRC_FLAGS)
-        except FileNotFoundError as exc:
-            raise SourceChangedError(f"source {name!r} vanished after dispatch",
-                                     path=name) from exc
-        except OSError as exc:
-            if exc.errno == _errno.ELOOP:
-                raise SourceChangedError(
-                    f"source {name!r} became a symlink after dispatch", path=name) from exc
-            raise
+        self.src_fd = open_source(task, False)
         data = memoryview(buf)[:size + 1]
         try:
             n = self.ctx.retry(

@@ -137,9 +137,9 @@ def test_free_refuses_unfinished(journal, tmp_path, monkeypatch):
 
     real = _stager.open_source
 
-    def changed(task):
+    def changed(task, *args):
         os.utime(s, ns=(1, 1))
-        return real(task)
+        return real(task, *args)
 
     monkeypatch.setattr(_stager, "open_source", changed)
     with pytest.raises(axlpy.SourceChangedError, match="changed since dispatch") as info:
