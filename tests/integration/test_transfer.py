@@ -272,3 +272,27 @@ def test_compat_face(tmp_path, journal_path, src):
     assert compat.AXL_Finalize() == compat.AXL_SUCCESS
     with axlpy.Journal(journal_path) as j:
         assert j.names() == []
+
+
+def test_small_file_changed_while_read_leaves_no_temp(journal, tmp_path, monkeypatch):
+    """Issue 14.3: a file below one chunk is read and checked before its temp exists, so
+    a source rewritten after it was opened fails the copy without creating a temp."""
+    s = tmp_path / "s"
+    s.write_bytes(b"x" * 100)
+    dst = tmp_path / "out"
+    t = journal.create("small", "sync")
+    t.add(s, dst / "d")
+    from axlpy.engines import _stager
+
+    real = _stager.open_source
+
+    def opened_then_changed(task, *args):
+        fd = real(task, *args)
+        os.utime(s, ns=(1, 1))  # rewritten after the open: the mtime no longer matches
+        return fd
+
+    monkeypatch.setattr(_stager, "open_source", opened_then_changed)
+    with pytest.raises(axlpy.SourceChangedError, match="changed since dispatch"):
+        t.dispatch()
+    assert t.state is T.FAILED
+    assert not dst.exists() or list(dst.iterdir()) == []  # no temp, no final file
