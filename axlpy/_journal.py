@@ -739,19 +739,21 @@ class JournalDB:
         return b"?"  # pragma: no cover - the constraint names a duplicate destination
 
     def files(self, tid: int, states: Iterable[FileState] | None = None) -> list[FileRow]:
+        # Built from the cursor row by row (not fetchall()): 100k raw tuples and 100k
+        # FileRows are never alive at once.
         with self._lock:
             if states is None:
-                rows = self.conn.execute(
+                cur = self.conn.execute(
                     f"SELECT {_FILE_COLS} FROM files WHERE transfer_id = ? ORDER BY id", (tid,)
-                ).fetchall()
+                )
             else:
                 ss = [s.value for s in states]
                 q = ",".join("?" * len(ss))
-                rows = self.conn.execute(
+                cur = self.conn.execute(
                     f"SELECT {_FILE_COLS} FROM files WHERE transfer_id = ? AND state IN ({q})"
                     " ORDER BY id", (tid, *ss),
-                ).fetchall()
-        return [_file_row(r) for r in rows]
+                )
+            return [_file_row(r) for r in cur]
 
     def set_files(self, tid: int, changes: Sequence[tuple[FileRow, FileState, Mapping[str, Any]]],
                   event: str) -> None:
