@@ -40,6 +40,7 @@ CRASH_POINTS: dict[str, str] = {
     "publish.after_rename": "one temp renamed over its final name, directory not fsynced",
     "publish.after_dir_fsync": "directories of a renamed batch fsynced",
     "publish.after_commit": "a batch of files PUBLISHED is durable",
+    "dirs.after_meta": "one directory's final mode (and metadata) set, not yet journaled",
     "renamed.after_commit": "transfer RENAMED is durable",
     "move.after_unlink": "one source deleted (move mode)",
     "move.after_dir_fsync": "source directories fsynced after deletes",

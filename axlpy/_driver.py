@@ -40,9 +40,10 @@ from ._errors import (
 )
 from ._fdbudget import fd_budget
 from ._journal import FileRow, JournalDB, TransferRow
+from ._metadata import apply_dir, apply_link
 from ._planted import planted
 from ._retry import RetryEvent
-from ._staging import DirCache, fsync_dir, fsync_fd, unlink_quiet
+from ._staging import DirCache, current_umask, fsync_dir, fsync_fd, unlink_quiet
 from ._state import FileState, TransferState
 from .engines import Engine, StageContext, StageResult, StageTask, stage_chunk_size
 from .io import IOQueue
@@ -177,9 +178,16 @@ class Driver:
         if self.jdb.unpause(self.t.id, event.what, name=self.t.name):
             self._seen = _T.DISPATCHED
 
-    def _dirs(self) -> DirCache:
+    def _dirs(self, rows: Sequence[FileRow] = ()) -> DirCache:
+        # The copy of a source directory is created with its final group and other bits
+        # (masked by the umask) plus owner rwx, so that we can fill it and it is never
+        # wider than its source, even if a crash keeps it from being recorded as ours;
+        # its exact mode comes after its contents (_publish_dirs).
+        umask = current_umask()
         return DirCache(mkdirs=self.opts.mkdirs, follow_symlinks=self.opts.follow_dst_symlinks,
-                        max_open=self.fds.dirs, on_mkdir=self._record_mkdir)
+                        max_open=self.fds.dirs, on_mkdir=self._record_mkdir,
+                        modes={r.dst: (r.mode & 0o777 & ~umask) | 0o700
+                               for r in rows if r.kind == "dir"})
 
     def _record_mkdir(self, path: bytes, st: os.stat_result) -> None:
         # Cancel removes it later only if it is still this inode and empty.
@@ -266,7 +274,7 @@ class Driver:
         if not checked:
             for r in rows:
                 self._check_inside_roots(r)
-        with self._dirs() as dirs:
+        with self._dirs(rows) as dirs:
             if renamed:
                 for key in {(r.root, _dir_and_name(r.rel)[0]) for r in renamed}:
                     fsync_dir(dirs.open(*key))
@@ -364,10 +372,12 @@ class Driver:
             with t.dir() as dir_fd:
                 unlink_quiet(dir_fd, t.tmp)
                 os.symlink(r.link, t.tmp, dir_fd=dir_fd)
+                crash_point("stage.after_create_temp")
+                if self.opts.metadata:
+                    apply_link(dir_fd, t.tmp, r)
         except FileExistsError as exc:
             raise SecurityError(f"temp name {os.fsdecode(t.tmp)!r} was recreated by someone "
                                 "else while being replaced; refusing to use it") from exc
-        crash_point("stage.after_create_temp")
         return StageResult(t, crc32c(r.link), len(r.link), len(r.link))
 
     def _publish(self, group: Sequence[StageResult], already_staged: bool = False) -> None:
@@ -447,22 +457,36 @@ class Driver:
         crash_point("stage.after_commit")
 
     def _publish_dirs(self, dirs: DirCache, rows: list[FileRow]) -> None:
-        """Create directories (empty ones included) and apply their metadata, deepest
-        first so a child's creation does not disturb its parent's mtime afterwards."""
+        """Create directories (empty ones included) and give them their final attributes
+        (``axlpy._metadata``), deepest first and after their contents, so neither a
+        child's creation nor a rename disturbs a directory's mtime afterwards. Without
+        metadata copy only the directories this transfer created get their mode (an
+        existing one keeps its own, like ``cp -r``); that chmod is not fsynced: lost in a
+        power cut, the directory keeps its creation mode (never wider for group and
+        others, owner rwx). If the process dies here, the
+        rows are not PUBLISHED yet and a resume applies every directory's attributes again."""
         todo = [r for r in rows if r.state is not _F.PUBLISHED]
         if not todo:
             return
         self._check_fence()
         meta = self.opts.metadata
-        for r in sorted(todo, key=lambda r: r.rel.count(b"/") if r.rel else -1,
-                        reverse=True):
+        umask = current_umask()
+        todo.sort(key=lambda r: r.rel.count(b"/") if r.rel else -1, reverse=True)
+        for r in todo:  # create the empty ones first (each journaled in created_dirs)
+            dirs.open(r.root, r.rel)
+        created = {} if meta else {p: (dev, ino) for p, dev, ino
+                                   in self.jdb.created_dirs(self.t.id)}
+        for r in todo:
             fd = dirs.open(r.root, r.rel)
             if meta:
-                os.fchmod(fd, r.mode & 0o7777)
-                with contextlib.suppress(PermissionError):
-                    os.fchown(fd, r.uid, r.gid)
-                os.utime(fd, ns=(r.mtime_ns, r.mtime_ns))
+                apply_dir(fd, r, metadata=True, umask=umask)
+                crash_point("dirs.after_meta")
                 fsync_dir(fd)
+            elif r.dst in created:
+                st = os.fstat(fd)
+                if (st.st_dev, st.st_ino) == created[r.dst]:
+                    apply_dir(fd, r, metadata=False, umask=umask)
+                    crash_point("dirs.after_meta")
         self.jdb.set_files(self.t.id, [(r, _F.PUBLISHED, {}) for r in todo], "dirs-published")
 
     # -- after RENAMED --------------------------------------------------------------------

@@ -755,6 +755,68 @@ class JournalDB:
                 )
             return [_file_row(r) for r in cur]
 
+    def iter_files(self, tid: int, states: Iterable[FileState] | None = None,
+                   limit: int | None = None, batch: int = 2000) -> Iterator[FileRow]:
+        """The transfer's files in id order (only ``states`` if given, at most ``limit``),
+        fetched ``batch`` rows at a time from one query, so a caller can stream 100,000
+        files without holding them all. For readers (``status``): the journal must not be
+        written through this connection until the iterator is exhausted or closed."""
+        ss = [s.value for s in states] if states is not None else []
+        q = f"SELECT {_FILE_COLS} FROM files WHERE transfer_id = ?"
+        if states is not None:
+            q += f" AND state IN ({','.join('?' * len(ss))})"
+        q += " ORDER BY id" + (" LIMIT ?" if limit is not None else "")
+        args = (tid, *ss, *((limit,) if limit is not None else ()))
+        with self._lock:
+            cur = self.conn.execute(q, args)
+        try:
+            while True:
+                with self._lock:
+                    rows = cur.fetchmany(batch)
+                if not rows:
+                    return
+                for r in rows:
+                    yield _file_row(r)
+        finally:
+            cur.close()
+
+    def count_files(self, tid: int, states: Iterable[FileState] | None = None) -> int:
+        """How many files (in ``states`` if given) the transfer has."""
+        ss = [s.value for s in states] if states is not None else None
+        q = "SELECT COUNT(*) FROM files WHERE transfer_id = ?"
+        if ss is not None:
+            q += f" AND state IN ({','.join('?' * len(ss))})"
+        with self._lock:
+            return int(self.conn.execute(q, (tid, *(ss or ()))).fetchone()[0])
+
+    def file_summary(self, tid: int, problems: int = 5) -> dict[str, Any]:
+        """One pass of aggregates for ``status``: ``states`` (state -> count),
+        ``kinds`` (kind -> count), ``errors`` (files with an error recorded) and
+        ``problems``: the first ``problems`` such files, in id order."""
+        states: dict[str, int] = {}
+        kinds: dict[str, int] = {}
+        errors = 0
+        with self._lock:
+            for state, kind, n, nerr in self.conn.execute(
+                    "SELECT state, kind, COUNT(*), SUM(error IS NOT NULL) FROM files"
+                    " WHERE transfer_id = ? GROUP BY state, kind", (tid,)):
+                states[state] = states.get(state, 0) + n
+                kinds[kind] = kinds.get(kind, 0) + n
+                errors += int(nerr or 0)
+            rows = self.conn.execute(
+                f"SELECT {_FILE_COLS} FROM files WHERE transfer_id = ? AND error IS NOT NULL"
+                " ORDER BY id LIMIT ?", (tid, problems)).fetchall()
+        return {"states": states, "kinds": kinds, "errors": errors,
+                "problems": [_file_row(r) for r in rows]}
+
+    def first_event_ns(self, tid: int, event: str) -> int | None:
+        """When the transfer's first ``event`` (e.g. "dispatch") was journaled."""
+        with self._lock:
+            r = self.conn.execute(
+                "SELECT MIN(ts_ns) FROM events WHERE transfer_id = ? AND event = ?",
+                (tid, event)).fetchone()
+        return None if r is None or r[0] is None else int(r[0])
+
     def set_files(self, tid: int, changes: Sequence[tuple[FileRow, FileState, Mapping[str, Any]]],
                   event: str) -> None:
         """Move many files in one transaction (group commit): ``(row, to, values)``.

@@ -27,7 +27,7 @@ import re
 import stat
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 
 from ._crashpoints import crash_point
@@ -160,11 +160,16 @@ class DirCache:
     valid only until the next call into the cache: single-threaded callers only.
     ``on_mkdir(path, stat)`` is called (under the cache's lock) after each directory this
     cache created is durable in its parent, so the journal can record it.
+    A directory whose path is in ``modes`` is created with that mode (the copy of a
+    source directory: its final group and other bits plus owner rwx, so it is never
+    wider than its source meanwhile, and gets its exact mode after its contents); others
+    (ancestors the user named) 0777, all masked by the umask.
     """
 
     def __init__(self, *, mkdirs: bool = True, follow_symlinks: bool = False,
                  max_open: int | None = None,
-                 on_mkdir: Callable[[bytes, os.stat_result], None] | None = None) -> None:
+                 on_mkdir: Callable[[bytes, os.stat_result], None] | None = None,
+                 modes: Mapping[bytes, int] | None = None) -> None:
         self._fds: OrderedDict[bytes, int] = OrderedDict()
         self._pins: dict[bytes, int] = {}
         self._lock = threading.RLock()
@@ -172,6 +177,7 @@ class DirCache:
         self.follow_symlinks = follow_symlinks
         self.max_open = max_open
         self.on_mkdir = on_mkdir
+        self.modes = modes or {}
         #: directories created by this cache, in creation order
         self.created: list[bytes] = []
         #: most fds this cache held at once (for tests and measurements)
@@ -283,7 +289,7 @@ class DirCache:
             if not self.mkdirs:
                 raise
         try:
-            os.mkdir(name, 0o777, dir_fd=pfd)
+            os.mkdir(name, self.modes.get(key, 0o777), dir_fd=pfd)
         except FileExistsError:
             pass  # created meanwhile by someone else: open it like any other
         else:

@@ -845,6 +845,30 @@ class Transfer:
         """Per-file detail from the journal (only rows in ``states`` if given)."""
         return [FileStatus.from_row(r) for r in self.journal.db.files(self._row.id, states)]
 
+    def iter_files(self, states: Iterable[FileState] | None = None,
+                   limit: int | None = None) -> Iterator[FileStatus]:
+        """Like :meth:`files`, at most ``limit``, read from the journal in batches as the
+        caller iterates (a 100,000-file transfer is streamed, not held in memory). Do not
+        change the transfer through this journal until the iterator is exhausted."""
+        for r in self.journal.db.iter_files(self._row.id, states, limit):
+            yield FileStatus.from_row(r)
+
+    def count_files(self, states: Iterable[FileState] | None = None) -> int:
+        """How many entries (files, directories, symlinks) the transfer has, only those
+        in ``states`` if given."""
+        return self.journal.db.count_files(self._row.id, states)
+
+    def summary(self, problems: int = 5) -> dict[str, Any]:
+        """Aggregates for a status display, whatever the number of files: ``states``
+        (state name -> count), ``kinds`` (kind -> count), ``errors`` (how many entries have
+        an error recorded), ``problems`` (the first ``problems`` of them, as
+        :class:`FileStatus`) and ``dispatched_ns`` (when the transfer was first
+        dispatched, or None)."""
+        agg = self.journal.db.file_summary(self._row.id, problems)
+        return {"states": agg["states"], "kinds": agg["kinds"], "errors": agg["errors"],
+                "problems": [FileStatus.from_row(r) for r in agg["problems"]],
+                "dispatched_ns": self.journal.db.first_event_ns(self._row.id, "dispatch")}
+
     def verify(self) -> VerifyReport:
         """Re-read every file this transfer published and compare it with the journal's
         size, CRC32C, kind and symlink target (see :class:`~axlpy.VerifyReport`). Reads

@@ -134,6 +134,27 @@ def _kept(j: dict[str, Any], path: str, got: str | None, m: dict[str, Any]) -> b
     return got == m["sha256"] and repr(path) in (j.get("kept_sources") or [])
 
 
+def _dir_attrs(lay: Layout, man: Manifest) -> list[str]:
+    """Each destination directory has its source's mode masked by the umask (never
+    wider; set-id dropped), or with metadata copy its exact mode and mtime."""
+    from axlpy._staging import current_umask
+
+    bad = []
+    umask = current_umask()
+    for rel, m in man.get("dir_modes", {}).items():
+        try:
+            st = os.stat(_dst_path(lay, rel))
+        except OSError:
+            continue  # reported as missing above
+        want = m["mode"] if man["metadata"] else m["mode"] & 0o777 & ~umask
+        if st.st_mode & 0o7777 != want:
+            bad.append(f"destination directory {rel!r} has mode {st.st_mode & 0o7777:o}, "
+                       f"expected {want:o}")
+        if man["metadata"] and st.st_mtime_ns != m["mtime_ns"]:
+            bad.append(f"destination directory {rel!r} mtime not copied")
+    return bad
+
+
 def check(lay: Layout, man: Manifest, expect: str, *, mtimes: bool = True) -> list[str]:
     """Invariants after recovery; returns a list of violations (empty: passed).
     ``mtimes=False`` skips the mtime part of the metadata check (powerfs does not model
@@ -175,6 +196,8 @@ def check(lay: Layout, man: Manifest, expect: str, *, mtimes: bool = True) -> li
         for rel in man["dirs"]:
             if not os.path.isdir(_dst_path(lay, rel)):
                 bad.append(f"destination directory {rel!r} missing")
+        if mtimes:  # powerfs models neither timestamps nor a directory's chmod
+            bad += _dir_attrs(lay, man)
         extra = set(_files_under(lay.dst)) - set(files) if os.path.isdir(lay.dst) else set()
         if extra:
             bad.append(f"unexpected files under destination: {sorted(extra)}")

@@ -159,6 +159,16 @@ def build(scen: Scenario, root: str, *, src_root: str | None = None,
         os.makedirs(os.path.join(src, rel), exist_ok=True)
     dirs = sorted({d for rel in list(files) + list(scen.empty_dirs)
                    for d in _parents(rel, include_self=rel in scen.empty_dirs)})
+    # One private directory per tree (issue 15.1: a copy is never wider than its source).
+    dir_modes: dict[str, dict[str, int]] = {}
+    if scen.tree:
+        for k, rel in enumerate(dirs):
+            p = os.path.join(src, rel)
+            if k == len(dirs) // 2:
+                os.chmod(p, 0o700)
+        for rel in reversed(dirs):  # deepest first: a chmod does not move mtimes
+            st = os.stat(os.path.join(src, rel))
+            dir_modes[rel] = {"mode": st.st_mode & 0o7777, "mtime_ns": st.st_mtime_ns}
     if scen.tree:
         pairs = [(src, dst)]
     else:
@@ -166,7 +176,7 @@ def build(scen: Scenario, root: str, *, src_root: str | None = None,
     lay = Layout(root, src, dst, os.path.join(jdir, "j.db"), os.path.join(root, "ack"),
                  os.path.join(root, "trace"), pairs)
     man: Manifest = {"files": files, "dirs": dirs if scen.tree else [],
-                     "move": scen.move, "metadata": scen.metadata}
+                     "move": scen.move, "metadata": scen.metadata, "dir_modes": dir_modes}
     with open(os.path.join(root, "manifest.json"), "w") as f:
         json.dump(man, f)
     return lay, man

@@ -8,6 +8,7 @@ import datetime as _dt
 import json
 import os
 import re
+from collections.abc import Iterator
 from typing import IO, Any
 
 import click
@@ -102,7 +103,23 @@ def _crc_hex(v: int | None) -> str | None:
 
 def _emit_json(obj: Any) -> None:
     # ensure_ascii: a path with undecodable bytes becomes "\udcNN", never invalid output
-    click.echo(json.dumps(obj, ensure_ascii=True, sort_keys=False))
+    files = obj.get("files") if isinstance(obj, dict) else None
+    if not isinstance(files, Iterator):
+        click.echo(json.dumps(obj, ensure_ascii=True, sort_keys=False))
+        return
+    # A generator of files (status): the rest first, then the list streamed in batches,
+    # so 100,000 files are never one string in memory.
+    head = json.dumps({k: v for k, v in obj.items() if k != "files"}, ensure_ascii=True)
+    click.echo(head[:-1] + (', "files": [' if head != "{}" else '{"files": ['), nl=False)
+    enc = json.JSONEncoder(ensure_ascii=True).encode
+    sep, buf = "", []
+    for f in files:
+        buf.append(sep + enc(f))
+        sep = ", "
+        if len(buf) >= 2000:
+            click.echo("".join(buf), nl=False)
+            buf = []
+    click.echo("".join(buf) + "]}")
 
 
 def _table(rows: list[list[str]], header: list[str]) -> str:

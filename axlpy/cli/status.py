@@ -142,9 +142,10 @@ def ls_cmd(as_json: bool) -> None:
 
 
 def _status_doc(j: Journal, t: Transfer, states: set[str], limit: int | None,
-                events: bool) -> dict[str, Any]:
-    files = [r for r in t.files() if not states or r.state.value in states]
-    shown = files if limit is None else files[:limit]
+                events: bool, files: bool = True) -> dict[str, Any]:
+    """The status document. ``files`` (a generator, streamed by :func:`_emit_json`) lists
+    the files in ``states`` (all if empty), at most ``limit``, only when ``files`` is set;
+    the summary is always there and costs a few aggregate queries whatever the size."""
     st = t.status()
     info = _transfer_info(st)
     info["admission"] = t.admission_stats().as_dict()
@@ -152,8 +153,7 @@ def _status_doc(j: Journal, t: Transfer, states: set[str], limit: int | None,
         "version": JSON_VERSION,
         "journal": j.path,
         "transfer": info,
-        "files": [_file_info(r) for r in shown],
-        "files_omitted": len(files) - len(shown),
+        "summary": _summary(t, st, info),
         "stalled": _stall_doc(t, st),
     }
     if events:
@@ -163,7 +163,35 @@ def _status_doc(j: Journal, t: Transfer, states: set[str], limit: int | None,
              "pid": e["pid"]}
             for e in t.events()
         ]
+    if files:
+        sel = [FileState(s) for s in sorted(states)] if states else None
+        total = t.count_files(sel)
+        doc["files_omitted"] = max(0, total - limit) if limit is not None else 0
+        doc["files"] = (_file_info(r) for r in t.iter_files(sel, limit))
     return doc
+
+
+#: problem files (an error recorded) the summary names
+_PROBLEMS_SHOWN = 5
+
+
+def _summary(t: Transfer, st: TransferStatus, info: dict[str, Any]) -> dict[str, Any]:
+    """Counts per state and kind, bytes, the average rate since dispatch, how many files
+    have an error recorded and the first few of them."""
+    agg = t.summary(_PROBLEMS_SHOWN)
+    start = agg["dispatched_ns"]
+    end = time.time_ns() if st.live else st.updated_ns
+    secs = (end - start) / 1e9 if start is not None and end > start else 0.0
+    return {
+        "states": agg["states"],
+        "kinds": agg["kinds"],
+        "bytes_done": info["bytes_done"],
+        "bytes_total": info["bytes_total"],
+        "seconds": round(secs, 3),
+        "rate": round(info["bytes_done"] / secs, 1) if secs else None,
+        "errors": agg["errors"],
+        "problems": [_file_info(r) for r in agg["problems"]],
+    }
 
 
 def _stall_doc(t: Transfer, st: TransferStatus) -> dict[str, Any] | None:
@@ -179,9 +207,12 @@ def _stall_doc(t: Transfer, st: TransferStatus) -> dict[str, Any] | None:
             "since": _iso(info.since_ns), "seconds": round(info.seconds, 3)}
 
 
-def _print_status(doc: dict[str, Any]) -> None:
+def _print_status(doc: dict[str, Any], name: str = "") -> None:
     i = doc["transfer"]
+    sm = doc["summary"]
     pct = 100.0 * i["bytes_done"] / i["bytes_total"] if i["bytes_total"] else 100.0
+    kinds = ", ".join(f"{n} {k}{'s' if n != 1 else ''}" for k, n in sorted(sm["kinds"].items()))
+    counts = ", ".join(f"{s} {n}" for s, n in sorted(sm["states"].items()))
     lines = [
         f"transfer  {_safe(i['name'])}",
         f"journal   {_safe(doc['journal'])}",
@@ -190,11 +221,24 @@ def _print_status(doc: dict[str, Any]) -> None:
         f"owner     {_owner_text(i['owner'])}",
         f"progress  {i['files_done']}/{i['files_total']} files, "
         f"{_human_bytes(i['bytes_done'])}/{_human_bytes(i['bytes_total'])} ({pct:.0f}%)",
+        f"entries   {counts or 'none'}" + (f"  ({kinds})" if kinds else ""),
+        "rate      " + (f"{_human_bytes(sm['rate'])}/s over "
+                        f"{_human_duration(sm['seconds'])}" if sm["rate"] is not None
+                        else "-"),
         f"created   {i['created']}  ({_human_age(i['age_seconds'])} ago)",
         f"updated   {i['updated']}",
     ]
     if i["error"]:
         lines.append(f"error     {_safe(i['error'])}")
+    if sm["errors"]:
+        shown = len(sm["problems"])
+        lines.append(f"errors    {sm['errors']} files"
+                     + (f" (first {shown} below)" if shown < sm["errors"] else ""))
+        for f in sm["problems"]:
+            lines.append(f"          {f['state']}  {_show(os.fsencode(f['dst']))}  "
+                         f"({_safe(f['error'] or '')})")
+    else:
+        lines.append("errors    none")
     if any(i["admission"].values()):
         lines.append(f"admission {_admission_text(i['admission'])}")
     st = doc.get("stalled")
@@ -205,8 +249,11 @@ def _print_status(doc: dict[str, Any]) -> None:
                      "`cancel` abandons the stuck thread")
     for k, step in enumerate(i["next"]):
         lines.append(f"{'next' if k == 0 else '':<9} {step}")
+    if "files" not in doc:
+        lines.append(f"files     {_cmd('status --files', name or i['name'])} lists them "
+                     "(--state, --limit)")
     _say("\n".join(lines))
-    if doc["files"]:
+    if "files" in doc:
         rows = []
         for f in doc["files"]:
             size = "-" if f["kind"] == "dir" else _human_bytes(f["size"])
@@ -216,10 +263,11 @@ def _print_status(doc: dict[str, Any]) -> None:
             if f["error"]:
                 dst += f"  ({_safe(f['error'])})"
             rows.append([f["state"], f["kind"], size, done, dst])
-        _say()
-        _say(_table(rows, ["STATE", "KIND", "SIZE", "DONE", "DESTINATION"]))
-    if doc["files_omitted"]:
-        _say(f"... {doc['files_omitted']} more (use --limit)")
+        if rows:
+            _say()
+            _say(_table(rows, ["STATE", "KIND", "SIZE", "DONE", "DESTINATION"]))
+        if doc["files_omitted"]:
+            _say(f"... {doc['files_omitted']} more (use --limit)")
     for e in doc.get("events", []):
         arrow = f" {e['from'] or ''}->{e['to']}" if e["to"] else ""
         detail = f" {_safe(e['detail'])}" if e["detail"] else ""
@@ -282,6 +330,8 @@ def _watch(j: Journal, name: str, interval: float, as_json: bool) -> int:
               help="Only files in this state (repeatable).")
 @click.option("--limit", type=click.IntRange(min=0), default=None,
               help="Show at most this many files.")
+@click.option("--files", "list_files", is_flag=True,
+              help="List the files too (implied by --state, --limit and --json).")
 @click.option("--events", is_flag=True, help="Also show the transfer's event log.")
 @click.option("--watch", is_flag=True, help="Follow a transfer running in another "
               "process until it ends (polls the journal, never writes it); exit code: "
@@ -291,17 +341,20 @@ def _watch(j: Journal, name: str, interval: float, as_json: bool) -> int:
 @_common_options
 @_handle_errors
 def status(name: str, as_json: bool, states: tuple[str, ...], limit: int | None,
-           events: bool, watch: bool, interval: float) -> None:
-    """Show one transfer: state, owner, progress, what to run next, and every file."""
+           list_files: bool, events: bool, watch: bool, interval: float) -> None:
+    """Show one transfer: state, owner, progress, counts per state, rate, errors and the
+    first problem files, what to run next; --files lists the files."""
+    list_files = list_files or bool(states) or limit is not None
     with _open_journal(create=False) as j:
         if watch:
             code = _watch(j, name, interval, as_json)
             if not as_json:
                 _print_status(_status_doc(j, _transfer(j, name), set(states), limit,
-                                          events))
+                                          events, list_files), name)
             raise click.exceptions.Exit(code)
-        doc = _status_doc(j, _transfer(j, name), set(states), limit, events)
-    if as_json:
-        _emit_json(doc)
-    else:
-        _print_status(doc)
+        doc = _status_doc(j, _transfer(j, name), set(states), limit, events,
+                          list_files or as_json)
+        if as_json:
+            _emit_json(doc)
+        else:
+            _print_status(doc, name)

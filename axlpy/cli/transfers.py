@@ -58,7 +58,11 @@ def _default_name() -> str:
               help="How bytes move (see docs/backends.md).")
 @click.option("--move", is_flag=True, help="Delete each source once every file is "
               "published (sources are deleted only after the whole copy is durable).")
-@click.option("--metadata", is_flag=True, help="Copy mode, owner and mtime too.")
+@click.option("--metadata", "-a", "--archive", "metadata", is_flag=True,
+              help="Keep what `cp -a` keeps: mode with set-id bits, mtime, owner and group "
+              "(as root), xattrs (user.*, trusted.* as root) and POSIX ACLs, for files, "
+              "directories and symlinks. Without it modes are masked by the umask, "
+              "like `cp -r`.")
 @click.option("--name", help="Transfer name (unique in the journal) [default: "
               "cp-<date>-<time>-<pid>, printed].")
 @click.option("--progress", type=click.Choice(["auto", "bar", "lines", "none"]),

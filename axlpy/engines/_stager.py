@@ -22,7 +22,7 @@ everything that makes a temp trustworthy, so it is written and proven once:
    (the journal never vouches for bytes that are not durable). Never retried: after a
    failed fsync the kernel may have dropped the dirty pages, so a retry would lie;
 7. :meth:`~FileStager.finish`: the source is re-checked (not grown, truncated or
-   rewritten), the final mode (and with metadata copy owner and mtime) applied, the temp
+   rewritten), the final mode (and with metadata copy owner, xattrs and mtime) applied, the temp
    fsynced (planted bugs ``rename_before_fsync``/``fsync_noop`` skip it; crash point
    ``stage.after_fsync``), and both fds closed. The result is the file's CRC32C.
 
@@ -56,6 +56,7 @@ from .._errors import (
     SourceChangedError,
     TransferError,
 )
+from .._metadata import apply_file
 from .._planted import planted
 from .._staging import create_temp, fsync_fd
 from ..io import IOQueue
@@ -253,8 +254,9 @@ class FileStager:
                 f"source {name!r} changed since dispatch (size {row.size} -> "
                 f"{st.st_size if n == size else n}, mtime_ns {row.mtime_ns} -> "
                 f"{st.st_mtime_ns}); not copied", path=name)
-        os.close(self.src_fd)
-        self.src_fd = -1
+        if not self.ctx.copy_metadata:  # with metadata copy its xattrs are read below
+            os.close(self.src_fd)
+            self.src_fd = -1
         data = data[:size]
         self.crc = crc32c(data)
         self.crc_off = size
@@ -369,18 +371,11 @@ class FileStager:
                 f"{st.st_size}); the partial copy was not published", path=self.src)
 
     def apply_metadata(self) -> None:
-        """Give the temp its final mode (and, with metadata copy, owner and mtime); the
-        umask is the transfer's, read once (``StageContext.umask``), not once per file."""
-        row, fd = self.task.row, self.tmp_fd
-        if self.ctx.copy_metadata:
-            try:
-                os.fchown(fd, row.uid, row.gid)
-            except PermissionError:
-                pass  # only root may give files away; mode and mtime still apply
-            os.fchmod(fd, row.mode & 0o7777)
-            os.utime(fd, ns=(row.mtime_ns, row.mtime_ns))
-        else:
-            os.fchmod(fd, row.mode & 0o777 & ~self.ctx.umask)
+        """Give the temp its final mode (and, with metadata copy, owner, xattrs and ACLs
+        read from the source, and mtime: ``axlpy._metadata``); the umask is the
+        transfer's, read once (``StageContext.umask``), not once per file."""
+        apply_file(self.tmp_fd, self.src_fd, self.task.row, metadata=self.ctx.copy_metadata,
+                   umask=self.ctx.umask)
 
     def close(self) -> None:
         """Close the source and temp fds. Idempotent."""

@@ -159,7 +159,7 @@ def test_ls_table(axl, tree, tmp_path):
 
 def test_status_human_and_json(axl, tree, tmp_path):
     axl("cp", "--type", "sync", "--name", "s1", tree, tmp_path / "o")
-    r = axl("status", "s1")
+    r = axl("status", "--files", "s1")
     assert r.code == 0, r.err
     assert "state     COMPLETED" in r.out
     assert "axlpy verify" in r.out and "axlpy free" in r.out
@@ -210,7 +210,7 @@ def test_non_utf8_paths_do_not_corrupt_json(axl, tmp_path):
     assert base64.b64decode(fi["dst_b64"]) == os.path.join(dst, raw)
     assert os.fsencode(fi["dst"]) == os.path.join(dst, raw)  # \udcNN round-trips
     assert "dst_b64" not in doc["files"][0]  # only where the bytes are not UTF-8
-    assert "caf\\xe9-\\xff.bin" in axl("status", "enc").out
+    assert "caf\\xe9-\\xff.bin" in axl("status", "--files", "enc").out
 
 
 # -- resume / cancel / free ----------------------------------------------------------------
