@@ -98,3 +98,20 @@ def test_default_status_of_a_large_transfer_is_short_and_fast(axl, jpath, tmp_pa
     assert len(r.out.splitlines()) < 30
     assert f"PENDING {n}" in r.out
     print(f"default status of {n} files: {took:.3f} s")  # for the record, not asserted
+
+
+def test_public_summary_and_streamed_files(jpath, tmp_path):
+    src = _many(tmp_path, 9)
+    with axlpy.Journal(jpath) as j:
+        t = j.create("api", "sync")
+        t.add(src, tmp_path / "o")
+        s = t.summary()
+        assert s["states"] == {"PENDING": 10} and s["kinds"] == {"dir": 1, "file": 9}
+        assert s["dispatched_ns"] is None and s["errors"] == 0
+        t.dispatch()
+        s = t.summary()
+        assert s["states"] == {"PUBLISHED": 10} and s["dispatched_ns"] is not None
+        assert [f.dst for f in t.iter_files()] == [f.dst for f in t.files()]
+        assert len(list(t.iter_files(limit=4))) == 4
+        assert t.count_files() == 10
+        assert t.count_files([axlpy.FileState.PENDING]) == 0
