@@ -109,7 +109,7 @@ def test_names_with_control_characters_never_reach_the_terminal_raw(jpath, tmp_p
                    src, dst)
     assert r.code == 0, r.err
     _no_raw_controls(r.err)
-    outputs = [run_runner(jpath, "ls"), run_runner(jpath, "status", "--events", name)]
+    outputs = [run_runner(jpath, "ls"), run_runner(jpath, "status", "--files", "--events", name)]
     (dst / "two\nlines").write_bytes(b"changed!!")  # same size: a CRC mismatch
     outputs.append(run_runner(jpath, "verify", name))
     assert outputs[-1].code == 1
