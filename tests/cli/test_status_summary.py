@@ -87,9 +87,9 @@ def test_default_status_of_a_large_transfer_is_short_and_fast(axl, jpath, tmp_pa
     with axlpy.Journal(jpath) as j:
         t = j.create("big", "sync")
         jdb = j.db
-        rows = [{"kind": "file", "src": b"/s/%d" % i, "dst": b"/d/%d" % i, "root": b"/d",
-                 "rel": b"%d" % i, "size": 10, "mtime_ns": 0, "mode": 0o644, "uid": 0,
-                 "gid": 0} for i in range(n)]
+        # (kind, src, dst, root, rel, size, mtime_ns, mode, uid, gid, link)
+        rows = [("file", b"/s/%d" % i, b"/d/%d" % i, b"/d", b"%d" % i, 10, 0, 0o644, 0, 0,
+                 None) for i in range(n)]
         jdb.add_files(t._row.id, rows)
     start = time.monotonic()
     r = axl("status", "big")
