@@ -34,12 +34,14 @@ from ._errors import (
     AxlError,
     PublishError,
     SecurityError,
+    SourceChangedError,
     TransferCancelledError,
     TransferError,
     UsageError,
 )
 from ._fdbudget import fd_budget
-from ._journal import FileRow, JournalDB, TransferRow
+from ._identity import changes as identity_changes, check_unchanged
+from ._journal import FileRow, JournalDB, SourceStat, TransferRow
 from ._metadata import apply_dir, apply_link
 from ._planted import planted
 from ._retry import RetryEvent
@@ -247,8 +249,15 @@ class Driver:
         ``checked``: each already passed :meth:`_check_inside_roots`.
         On error: the transfer is journaled FAILED (resumable), temps stay for resume.
         """
-        try:
+        with self._failing():
             self._run(resume_info or {}, ready, renamed, rows, checked)
+
+    @contextlib.contextmanager
+    def _failing(self) -> Iterator[None]:
+        """An error inside journals the transfer FAILED (resumable) and is re-raised
+        (wrapped in a TransferError unless it is an AxlError)."""
+        try:
+            yield
         except TransferCancelledError:
             raise  # the canceller cleans up and journals CANCELLED (also _Abandoned)
         except BaseException as exc:
@@ -530,8 +539,7 @@ class Driver:
                         continue  # deleted before a crash
                     same_kind = (stat.S_ISREG(st.st_mode) if r.kind == "file"
                                  else stat.S_ISLNK(st.st_mode))
-                    if not same_kind or (r.kind == "file" and (
-                            st.st_size != r.size or st.st_mtime_ns != r.mtime_ns)):
+                    if not same_kind or (r.kind == "file" and identity_changes(r, st)):
                         # Changed after it was copied: deleting it would lose data.
                         self.jdb.record_event(self.t.id, "move-kept-changed-source",
                                               _show(r.src), r.id)
@@ -603,14 +611,36 @@ class Driver:
 
     # -- resume ---------------------------------------------------------------------------
 
-    def recover(self) -> None:
+    def recover(self, *, recheck_source: bool = True) -> None:
         """Verify what is on disk against the journal, redo what cannot be trusted, and run
-        to COMPLETED. The caller has claimed ownership and journaled the takeover."""
+        to COMPLETED. The caller has claimed ownership and journaled the takeover.
+
+        Before a temp's verified prefix is kept, its source must still be the file
+        dispatch recorded (size, mtime, ctime, inode: :mod:`axlpy._identity`) and, with
+        ``recheck_source``, the source's bytes of every kept extent must have the CRC32C
+        the journal holds for them; otherwise :class:`SourceChangedError` (naming what
+        changed) fails the transfer before anything is published or removed.
+        """
         state = self._state()
         if state is _T.RENAMED:
             self.finish()
             return
+        with self._failing():
+            self._recover(recheck_source)
+
+    def _recover(self, recheck_source: bool) -> None:
         rows = self.jdb.files(self.t.id)
+        for r in rows:
+            if r.kind == "file" and r.state is _F.PENDING:
+                try:
+                    st = os.stat(r.src)
+                except FileNotFoundError:
+                    raise SourceChangedError(
+                        f"source {os.fsdecode(r.src)!r} vanished since dispatch; nothing "
+                        "of it is published", path=os.fsdecode(r.src),
+                        changed=("inode",)) from None
+                check_unchanged(r, st, "since dispatch", "nothing of it is published "
+                                "(cancel the transfer, or put the source back)")
         reset: list[FileRow] = []
         ready: list[FileRow] = []
         renamed: list[FileRow] = []
@@ -628,7 +658,8 @@ class Driver:
                     dfd = -1
                 if r.state is _F.PENDING:
                     if dfd >= 0 and r.tmp:
-                        kept = self._verify_extents(r, dfd, buf) if r.kind == "file" else None
+                        kept = (self._verify_extents(r, dfd, buf, recheck_source)
+                                if r.kind == "file" else None)
                         if kept:
                             info[r.id] = kept
                         elif unlink_quiet(dfd, r.tmp):
@@ -664,10 +695,12 @@ class Driver:
         # does not read and check 100k rows a second time.
         self.run(info, ready, renamed, rows=rows, checked=True)
 
-    def _verify_extents(self, r: FileRow, dfd: int,
-                        buf: bytearray) -> tuple[int, int, int] | None:
+    def _verify_extents(self, r: FileRow, dfd: int, buf: bytearray,
+                        recheck_source: bool = True) -> tuple[int, int, int] | None:
         """Keep the prefix of a temp whose journaled extents verify; never trust a byte
-        past the last verified extent. Returns (bytes kept, their CRC, next extent)."""
+        past the last verified extent. Returns (bytes kept, their CRC, next extent).
+        With ``recheck_source`` the source's bytes of each kept extent are re-read and
+        must match the journaled CRC32C too (SourceChangedError otherwise)."""
         assert r.tmp is not None
         extents = self.jdb.extents(r.id)
         if not extents:
@@ -692,8 +725,31 @@ class Driver:
             os.close(fd)
         if kept == 0:
             return None
+        if recheck_source:
+            self._recheck_source_extents(r, extents[:nxt], buf)
         self.progress.add_bytes(kept)
         return kept, crc, nxt
+
+    def _recheck_source_extents(self, r: FileRow, extents: Sequence[tuple[int, int, int]],
+                                buf: bytearray) -> None:
+        """The source's bytes of each extent must still have its journaled CRC32C: a
+        source rewritten in place with its mtime (and, on a coarse filesystem, ctime)
+        unchanged is caught here, before its old prefix is kept."""
+        name = os.fsdecode(r.src)
+        fd = os.open(r.src, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            start = 0
+            for idx, length, ecrc in extents:
+                got, n = file_crc32c(fd, length, start=start, buf=buf)
+                if n != length or got != ecrc:
+                    raise SourceChangedError(
+                        f"source {name!r} changed since extent {idx} (bytes {start}-"
+                        f"{start + length - 1}) was copied: its CRC32C is now {got:#010x}, "
+                        f"the journal holds {ecrc:#010x}; the copied prefix is not trusted "
+                        "and nothing of it is published", path=name, changed=("content",))
+                start += length
+        finally:
+            os.close(fd)
 
     def _matches(self, dfd: int, name: bytes, r: FileRow, buf: bytearray) -> bool:
         """Does ``name`` in ``dfd`` hold exactly the bytes journaled for ``r``?"""
@@ -950,11 +1006,11 @@ def assign_temps(rows: Sequence[FileRow], token: str, tid: int
     return ((r.id, r.tmp) for r in rows if r.kind != "dir" and r.tmp is not None)
 
 
-def restat_sources(rows: Sequence[FileRow]) -> Iterator[tuple[int, int, int, int]]:
-    """Record each source's size, mtime and mode as of dispatch in its row, in memory (one
-    ``stat`` per source), and return ``(file id, size, mtime_ns, mode)`` of each for
-    dispatch to journal; raises BadSourceError naming a source that vanished or changed
-    kind since add()."""
+def restat_sources(rows: Sequence[FileRow]) -> Iterator[SourceStat]:
+    """Record each source's identity as of dispatch in its row, in memory (one ``stat``
+    per source: size, mtime, mode, ctime, inode, device; :mod:`axlpy._identity`), and
+    return a :class:`SourceStat` of each for dispatch to journal; raises BadSourceError
+    naming a source that vanished or changed kind since add()."""
     from ._errors import BadSourceError
 
     for r in rows:
@@ -968,4 +1024,6 @@ def restat_sources(rows: Sequence[FileRow]) -> Iterator[tuple[int, int, int, int
         if not stat.S_ISREG(st.st_mode):
             raise BadSourceError(f"source {os.fsdecode(r.src)!r} is no longer a file")
         r.size, r.mtime_ns, r.mode = st.st_size, st.st_mtime_ns, st.st_mode & 0o7777
-    return ((r.id, r.size, r.mtime_ns, r.mode) for r in rows if r.kind == "file")
+        r.ctime_ns, r.ino, r.dev = st.st_ctime_ns, st.st_ino, st.st_dev
+    return (SourceStat(r.id, r.size, r.mtime_ns, r.mode, r.ctime_ns or 0, r.ino or 0,
+                       r.dev or 0) for r in rows if r.kind == "file")

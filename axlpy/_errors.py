@@ -171,8 +171,25 @@ class IOBackendError(TransferError):
 
 
 class SourceChangedError(TransferError):
-    """A source's size, mtime or content differs from what was recorded at dispatch.
-    Never silently mixed into a copy: the file is not published."""
+    """A source differs from what was recorded at dispatch: its size, mtime, ctime,
+    inode/device, or (on resume) the content of an extent the journal had verified.
+    ``changed`` names what differs (``"size"``, ``"mtime"``, ``"ctime"``, ``"inode"``,
+    ``"content"``). Checked when a source is opened, after its last byte is read, on
+    resume and before move mode deletes it. Never silently mixed into a copy: the file
+    is not published (its temp stays for cancel; resume fails again until the source
+    is put back or the transfer is cancelled and started afresh). Not raised for a
+    destination that changed (that is :class:`ChecksumMismatchError` or a recopy)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        changed: tuple[str, ...] = (),
+        transfer: str | None = None,
+        path: str | None = None,
+    ) -> None:
+        self.changed = changed
+        super().__init__(message, transfer=transfer, path=path)
 
 
 class ChecksumMismatchError(TransferError):

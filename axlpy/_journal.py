@@ -7,7 +7,8 @@ Tables (schema version :data:`SCHEMA_VERSION` in ``PRAGMA user_version``, axlpy'
   the destination roots recorded at create time, owner (pid, host, process start time)
   and its lease (last heartbeat, length; :mod:`axlpy._lease`).
 - ``files``: one row per file, directory or symlink: ``src``, ``dst`` (BLOB: any byte
-  sequence a POSIX name can hold), the temp basename, size, mtime_ns, mode, CRC32C, state.
+  sequence a POSIX name can hold), the temp basename, size, mtime_ns, mode, CRC32C, state,
+  and the source's identity at dispatch (ctime_ns, inode, device: :mod:`axlpy._identity`).
 - ``extents``: the CRC32C of each fixed-size extent of a file's temp as it became durable.
 - ``events``: append-only, one row per transition with a timestamp, so ``sqlite3 journal.db
   "select * from events"`` answers "what happened to this transfer".
@@ -46,7 +47,7 @@ import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from . import _fstype
 from ._config import Options
@@ -66,7 +67,8 @@ from ._state import (
 if TYPE_CHECKING:
     import sqlite_utils
 
-__all__ = ["APPLICATION_ID", "SCHEMA_VERSION", "FileRow", "JournalDB", "Owner", "TransferRow"]
+__all__ = ["APPLICATION_ID", "SCHEMA_VERSION", "FileRow", "JournalDB", "Owner", "SourceStat",
+           "TransferRow"]
 
 APPLICATION_ID = 0x41584C50  # "AXLP"
 _SQLITE_MAGIC = b"SQLite format 3\x00"
@@ -110,11 +112,27 @@ class FileRow:
     state: FileState
     bytes_done: int
     error: str | None
+    #: the source's identity recorded at dispatch (None: dispatched before schema 4)
+    ctime_ns: int | None = None
+    ino: int | None = None
+    dev: int | None = None
+
+
+class SourceStat(NamedTuple):
+    """A source's identity as of dispatch (:mod:`axlpy._identity`)."""
+
+    file_id: int
+    size: int
+    mtime_ns: int
+    mode: int
+    ctime_ns: int
+    ino: int
+    dev: int
 
 
 _FILE_COLS = (
     "id, kind, src, dst, root, rel, tmp, size, mtime_ns, mode, uid, gid, link, crc32c, "
-    "state, bytes_done, error"
+    "state, bytes_done, error, src_ctime_ns, src_ino, src_dev"
 )
 
 
@@ -135,6 +153,7 @@ def _file_row(r: Sequence[Any]) -> FileRow:
         r[0], r[1], _blob(r[2]), _blob(r[3]), _blob(r[4]), _blob(r[5]),
         _blob(r[6]) if r[6] is not None else None, r[7], r[8], r[9], r[10], r[11],
         _blob(r[12]) if r[12] is not None else None, r[13], FileState(r[14]), r[15], r[16],
+        r[17], r[18], r[19],
     )
 
 
@@ -531,11 +550,11 @@ class JournalDB:
 
     def dispatch(self, tid: int, *, owner: Owner, name: str,
                  temps: Iterable[tuple[int, bytes]],
-                 sources: Iterable[tuple[int, int, int, int]]) -> None:
+                 sources: Iterable[SourceStat]) -> None:
         """CREATED -> DISPATCHED in one durable transaction, with ``owner`` set, each
-        file's temp basename ``(file_id, tmp)`` and each source's stats as of dispatch
-        ``(file_id, size, mtime_ns, mode)``. Raises JournalError if the transfer is no
-        longer CREATED; then nothing was written."""
+        file's temp basename ``(file_id, tmp)`` and each source's identity as of dispatch
+        (:class:`SourceStat`). Raises JournalError if the transfer is no longer CREATED;
+        then nothing was written."""
         check_transition(TransferState.CREATED, TransferState.DISPATCHED, name)
         with self.transaction():
             self._set_state(tid, TransferState.CREATED, TransferState.DISPATCHED,
@@ -543,9 +562,10 @@ class JournalDB:
                             name=name)
             # executemany over the iterables as they come: no list of 100k parameters
             self.conn.executemany(
-                "UPDATE files SET size = ?, mtime_ns = ?, mode = ? WHERE id = ?"
-                " AND transfer_id = ?", ((size, mtime_ns, mode, fid, tid)
-                                         for fid, size, mtime_ns, mode in sources))
+                "UPDATE files SET size = ?, mtime_ns = ?, mode = ?, src_ctime_ns = ?,"
+                " src_ino = ?, src_dev = ? WHERE id = ? AND transfer_id = ?",
+                ((s.size, s.mtime_ns, s.mode, s.ctime_ns, s.ino, s.dev, s.file_id, tid)
+                 for s in sources))
             self.conn.executemany(
                 "UPDATE files SET tmp = ? WHERE id = ? AND transfer_id = ?",
                 ((tmp, fid, tid) for fid, tmp in temps))

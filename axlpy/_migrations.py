@@ -22,6 +22,10 @@ Step history:
   created; cancel removes them once empty). Journals written before this step by code
   that created the table on first use already hold it, with the same definition: the
   step keeps it and its rows (``IF NOT EXISTS``).
+- 4: source identity: ``files.src_ctime_ns``, ``files.src_ino``, ``files.src_dev``
+  (:mod:`axlpy._identity`), recorded at dispatch. Rows dispatched before are left NULL:
+  their sources are checked by size and mtime, and on resume by re-reading the
+  journaled extents.
 """
 
 from __future__ import annotations
@@ -59,9 +63,15 @@ def _v3_created_dirs(conn: sqlite3.Connection) -> None:
         " PRIMARY KEY (transfer_id, path))")
 
 
+def _v4_source_identity(conn: sqlite3.Connection) -> None:
+    for col in ("src_ctime_ns", "src_ino", "src_dev"):
+        conn.execute(f"ALTER TABLE files ADD COLUMN {col} INTEGER")
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(2, "owner lease (heartbeat time, lease length)", _v2_owner_lease),
     Migration(3, "created_dirs (directories a run created)", _v3_created_dirs),
+    Migration(4, "source identity (ctime, inode, device)", _v4_source_identity),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 

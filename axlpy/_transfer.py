@@ -674,15 +674,22 @@ class Transfer:
 
     # -- resume / cancel / free -----------------------------------------------------------
 
-    def resume(self, *, force: bool = False) -> None:
+    def resume(self, *, force: bool = False, recheck_source: bool = True) -> None:
         """Finish a transfer after a crash or failure, from the journal alone.
 
         Takes ownership (OwnershipError if another live process owns it; ``force`` takes
         over one whose owner runs on another host), verifies every staged and published
         file against its journaled size and CRC32C, redoes what it cannot trust (keeping
         temps whose journaled extents verify), finishes renames and completes. A source
-        changed since dispatch fails the transfer naming the file. Returns like dispatch:
-        SYNC when done, background types at once. A COMPLETED transfer is left alone.
+        changed since dispatch (size, mtime, ctime, inode or device) fails the transfer
+        with :class:`SourceChangedError` naming the file and what changed, before
+        anything of it is published. With ``recheck_source`` (the default) the source's
+        bytes of every extent a kept temp prefix holds are re-read and compared with the
+        journaled CRC32C too, which catches a rewrite that left even the ctime unchanged
+        (coarse timestamps); ``False`` skips that read and trusts the identity check.
+        Returns like dispatch: SYNC when done, background types at once. A COMPLETED
+        transfer is left alone. If this fails or the process dies, the journal and the
+        temps are as before (FAILED or DISPATCHED; resume or cancel again).
         """
         row = self._refresh()
         if row.state is _T.COMPLETED:
@@ -702,7 +709,7 @@ class Transfer:
         from ._crashpoints import crash_point
 
         crash_point("resume.after_takeover")
-        self._start(lambda d: d.recover())
+        self._start(lambda d: d.recover(recheck_source=recheck_source))
 
     def cancel(self, *, force: bool = False) -> CancelReport:
         """Stop the transfer and undo it on disk; idempotent, safe after a crash.

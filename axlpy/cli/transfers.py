@@ -110,11 +110,15 @@ def cp(ttype: str, move: bool, metadata: bool, name: str | None, progress: str,
 @click.option("--force", is_flag=True, help="Take over a transfer whose owner runs on "
               "another host before its lease expires (only if you know that process is "
               "dead).")
+@click.option("--no-recheck-source", "no_recheck", is_flag=True, help="Do not re-read "
+              "the source bytes of extents a kept temp holds (their CRC32C is compared "
+              "with the journal's by default); the source's size, mtime, ctime and inode "
+              "are still checked.")
 @click.option("--progress", type=click.Choice(["auto", "bar", "lines", "none"]),
               default="auto", show_default=True, help=_PROGRESS_HELP)
 @_common_options
 @_handle_errors
-def resume(name: str, force: bool, progress: str) -> None:
+def resume(name: str, force: bool, no_recheck: bool, progress: str) -> None:
     """Finish an interrupted or failed transfer, from the journal alone.
 
     Takes ownership (refused while the owner is alive), verifies every staged and
@@ -135,7 +139,8 @@ def resume(name: str, force: bool, progress: str) -> None:
         reporter = _Reporter(name, progress, baseline=st.bytes_done, published=published)
         t = j.open(name, on_progress=reporter)
         _say(f"axlpy: resuming {_safe(name)} ({st.state.value})", err=True)
-        _run_transfer(t, reporter, functools.partial(t.resume, force=force))
+        _run_transfer(t, reporter, functools.partial(t.resume, force=force,
+                                                     recheck_source=not no_recheck))
 
 
 @cli.command(epilog=EXIT_CODES_HELP)

@@ -56,6 +56,7 @@ from .._errors import (
     SourceChangedError,
     TransferError,
 )
+from .._identity import check_unchanged
 from .._metadata import apply_file
 from .._planted import planted
 from .._staging import create_temp, fsync_fd
@@ -86,11 +87,11 @@ def open_source(task: StageTask, check: bool = True) -> int:
         fd = os.open(row.src, _SRC_FLAGS)
     except FileNotFoundError as exc:
         raise SourceChangedError(f"source {name!r} vanished after dispatch",
-                                 path=name) from exc
+                                 path=name, changed=("inode",)) from exc
     except OSError as exc:
         if exc.errno == _errno.ELOOP:
             raise SourceChangedError(f"source {name!r} became a symlink after dispatch",
-                                     path=name) from exc
+                                     path=name, changed=("inode",)) from exc
         raise
     if not check:
         return fd
@@ -98,10 +99,7 @@ def open_source(task: StageTask, check: bool = True) -> int:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise BadSourceError(f"source {name!r} is no longer a regular file")
-        if st.st_size != row.size or st.st_mtime_ns != row.mtime_ns:
-            raise SourceChangedError(
-                f"source {name!r} changed since dispatch (size {row.size} -> {st.st_size}, "
-                f"mtime_ns {row.mtime_ns} -> {st.st_mtime_ns}); not copied", path=name)
+        check_unchanged(row, st, "since dispatch", "not copied")
     except BaseException:
         os.close(fd)
         raise
@@ -249,11 +247,11 @@ class FileStager:
         row = task.row
         if not stat.S_ISREG(st.st_mode):
             raise BadSourceError(f"source {name!r} is no longer a regular file")
-        if st.st_size != row.size or st.st_mtime_ns != row.mtime_ns or n != size:
+        check_unchanged(row, st, "since dispatch", "not copied")  # ctime, inode too
+        if n != size:
             raise SourceChangedError(
-                f"source {name!r} changed since dispatch (size {row.size} -> "
-                f"{st.st_size if n == size else n}, mtime_ns {row.mtime_ns} -> "
-                f"{st.st_mtime_ns}); not copied", path=name)
+                f"source {name!r} changed since dispatch (size {row.size} -> {n}); not "
+                "copied", path=name, changed=("size",))
         if not self.ctx.copy_metadata:  # with metadata copy its xattrs are read below
             os.close(self.src_fd)
             self.src_fd = -1
@@ -291,7 +289,7 @@ class FileStager:
             f"read {self.src!r} @{offset}+{want}")
         if n < want:
             raise SourceChangedError(f"source {self.src!r} shrank while being copied",
-                                     path=self.src)
+                                     path=self.src, changed=("size",))
         return n
 
     def write(self, queue: IOQueue, data: memoryview, offset: int) -> int:
@@ -361,14 +359,23 @@ class FileStager:
         return StageResult(task, self.crc, self.size, self.size - task.resume_from)
 
     def check_source_unchanged(self) -> None:
-        """After the copy: the source must not have grown, been truncated or rewritten."""
+        """After the copy: the source must not have grown, been truncated or rewritten
+        (size, mtime, ctime: :mod:`axlpy._identity`), and its path must still name the
+        file that was read (inode)."""
         row = self.task.row
-        st = os.fstat(self.src_fd)
-        extra = os.pread(self.src_fd, 1, row.size)
-        if st.st_size != row.size or st.st_mtime_ns != row.mtime_ns or extra:
+        why = "the partial copy was not published"
+        check_unchanged(row, os.fstat(self.src_fd), "while being copied", why)
+        if os.pread(self.src_fd, 1, row.size):
             raise SourceChangedError(
-                f"source {self.src!r} changed while being copied (size {row.size} -> "
-                f"{st.st_size}); the partial copy was not published", path=self.src)
+                f"source {self.src!r} grew while being copied; {why}", path=self.src,
+                changed=("size",))
+        try:
+            now = os.stat(row.src, follow_symlinks=False)
+        except FileNotFoundError:
+            raise SourceChangedError(f"source {self.src!r} was removed while being "
+                                     f"copied; {why}", path=self.src,
+                                     changed=("inode",)) from None
+        check_unchanged(row, now, "while being copied", why)
 
     def apply_metadata(self) -> None:
         """Give the temp its final mode (and, with metadata copy, owner, xattrs and ACLs
