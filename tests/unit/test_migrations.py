@@ -114,7 +114,8 @@ def _schema2_journal(tmp_path: Path, first_use_table: bool
                      ) -> tuple[str, Path, list[tuple[object, ...]]]:
     """A schema-2 journal holding a transfer killed after its 4th durable extent (a.bin
     staged, sub/c.bin part-way), whose run created the destination and ``sub``. Schema 2
-    is schema 3 without step 3's table: ``first_use_table`` keeps the table as the code
+    is schema 4 without step 3's table and step 4's columns: ``first_use_table`` keeps
+    the table as the code
     before step 3 made it (with its rows), else it is gone (a schema-2 journal whose
     runs never created a directory, or written before the table existed)."""
     src = tmp_path / "src"
@@ -134,6 +135,8 @@ def _schema2_journal(tmp_path: Path, first_use_table: bool
         rows = c.execute("SELECT * FROM created_dirs ORDER BY path").fetchall()
         c.execute("BEGIN IMMEDIATE")
         c.execute("DROP TABLE created_dirs")
+        for col in ("src_ctime_ns", "src_ino", "src_dev"):  # step 4's columns
+            c.execute(f"ALTER TABLE files DROP COLUMN {col}")
         if first_use_table:
             c.execute(_FIRST_USE_DDL)
             c.executemany("INSERT INTO created_dirs VALUES (?, ?, ?, ?)", rows)
@@ -154,7 +157,7 @@ def test_schema2_journal_migrates_to_3_and_works(tmp_path, first_use_table, acti
     assert _raw(jpath, "PRAGMA user_version") == [(2,)]
     assert ("created_dirs" in _tables(jpath)) == first_use_table
     db = JournalDB(jpath, create=False)
-    assert db.migrated == [3] == [m.version for m in MIGRATIONS if m.version > 2]
+    assert db.migrated == [3, 4] == [m.version for m in MIGRATIONS if m.version > 2]
     assert db.conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     row = db.transfer("v2")
     assert row is not None and row.state.value == "DISPATCHED"
