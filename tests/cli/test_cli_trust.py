@@ -14,8 +14,11 @@ import pytest
 
 from axlpy import Transfer
 from tests.cli.clitools import child_env, run_runner, run_sub
+from tests.conftest import requires_uring, type_params
 
-BACKGROUND = ["default", "pthread", "uring"]
+#: the background types; ``uring`` is skipped (with the probe's reason) where io_uring or
+#: liburing is missing, as everywhere else in the suite
+BACKGROUND = type_params(["default", "pthread", "uring"])
 
 
 def _unwritable_dst(tmp_path: Path) -> Path:
@@ -228,6 +231,7 @@ def test_missing_optional_dependency_at_dispatch_does_not_advise_resume(jpath, t
     assert "--type" in r.err
 
 
+@requires_uring  # needs liburing installed: the shim shadows a real install
 def test_unimportable_engine_library_at_dispatch_does_not_advise_resume(jpath, tmp_path):
     """A broken install: liburing's metadata is present but importing it fails (a
     module that raises ImportError shadows it). The copy fails at dispatch."""
