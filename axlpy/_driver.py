@@ -32,6 +32,7 @@ from ._crashpoints import crash_point
 from ._durable import expected_of, rename_verified
 from ._errors import (
     AxlError,
+    BadSourceError,
     PublishError,
     SecurityError,
     SourceChangedError,
@@ -639,6 +640,9 @@ class Driver:
                         f"source {os.fsdecode(r.src)!r} vanished since dispatch; nothing "
                         "of it is published", path=os.fsdecode(r.src),
                         changed=("inode",)) from None
+                if not stat.S_ISREG(st.st_mode):  # kind first, as the stager checks it
+                    raise BadSourceError(f"source {os.fsdecode(r.src)!r} is no longer a "
+                                         "regular file; nothing of it is published")
                 check_unchanged(r, st, "since dispatch", "nothing of it is published "
                                 "(cancel the transfer, or put the source back)")
         reset: list[FileRow] = []
