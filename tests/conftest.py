@@ -167,18 +167,16 @@ def temp_files(root: Path) -> list[str]:
     return found
 
 
-class PosixWrapperQueue(IOQueue):
-    """A real POSIX queue behind a hook: subclasses override ``prep`` to count, gate or
-    pace requests and then call ``super().prep``. Built as ``queue_factory(depth)``."""
+class _DelegatingQueue(IOQueue):
+    """Hands every queue call to ``self.inner``; subclasses hook ``prep``."""
 
-    name = "posix-wrapper"
-    thread_safe = True
-
-    def __init__(self, depth: int) -> None:
-        self.inner = PosixIOQueue(depth)
+    inner: IOQueue
 
     def prep(self, request: IORequest) -> None:
         self.inner.prep(request)
+
+    def accepts(self, request: IORequest) -> bool:
+        return self.inner.accepts(request)
 
     def submit(self) -> int:
         return self.inner.submit()
@@ -196,6 +194,17 @@ class PosixWrapperQueue(IOQueue):
 
     def close(self) -> None:
         self.inner.close()
+
+
+class PosixWrapperQueue(_DelegatingQueue):
+    """A real POSIX queue behind a hook: subclasses override ``prep`` to count, gate or
+    pace requests and then call ``super().prep``. Built as ``queue_factory(depth)``."""
+
+    name = "posix-wrapper"
+    thread_safe = True
+
+    def __init__(self, depth: int) -> None:
+        self.inner = PosixIOQueue(depth)
 
 
 def start_process_threads(j: axlpy.Journal, tmp: Path) -> None:
@@ -250,7 +259,7 @@ class WriteGate:
             self.timed_out = True
 
 
-class _GatedQueue(IOQueue):
+class _GatedQueue(_DelegatingQueue):
     """A real queue (any kind) whose writes first pass :meth:`WriteGate.before`."""
 
     name = "gated"
@@ -264,22 +273,3 @@ class _GatedQueue(IOQueue):
         self.gate.before(request)
         self.inner.prep(request)
 
-    def accepts(self, request: IORequest) -> bool:
-        return self.inner.accepts(request)
-
-    def submit(self) -> int:
-        return self.inner.submit()
-
-    def reap(self, min_complete=1, timeout=None):
-        return self.inner.reap(min_complete, timeout)
-
-    @property
-    def depth(self) -> int:
-        return self.inner.depth
-
-    @property
-    def in_flight(self) -> int:
-        return self.inner.in_flight
-
-    def close(self) -> None:
-        self.inner.close()
