@@ -21,6 +21,14 @@ everything that makes a temp trustworthy, so it is written and proven once:
 6. :meth:`~FileStager.commit`: an extent's bytes are fdatasynced, then its CRC journaled
    (the journal never vouches for bytes that are not durable). Never retried: after a
    failed fsync the kernel may have dropped the dirty pages, so a retry would lie;
+Sparse sources: :meth:`~FileStager.open` maps the source's data regions with
+``SEEK_DATA``/``SEEK_HOLE``; :meth:`~FileStager.read_len` never crosses a data/hole
+boundary, and a chunk in a hole is neither read (:meth:`~FileStager.read` fills zeros)
+nor written (:meth:`~FileStager.write` skips it), so the temp keeps the hole while the
+CRC32C covers the logical bytes; :meth:`~FileStager.finish` extends the temp to its size
+with ``ftruncate``. Engines need only :meth:`~FileStager.is_hole` when they bypass
+``read``/``write`` (URING submits its own reads and writes).
+
 7. :meth:`~FileStager.finish`: the source is re-checked (not grown, truncated or
    rewritten), the final mode (and with metadata copy owner, xattrs and mtime) applied, the temp
    fsynced (planted bugs ``rename_before_fsync``/``fsync_noop`` skip it; crash point
@@ -42,6 +50,7 @@ final name; the source is never written. :meth:`~FileStager.close` releases the 
 
 from __future__ import annotations
 
+import bisect
 import errno as _errno
 import os
 import stat
@@ -178,6 +187,10 @@ class FileStager:
         #: bytes written per extent not yet committed
         self._written: dict[int, int] = {}
         self._commit_idx = task.next_extent
+        #: data regions ``(start, end)`` of a sparse source from the resume point on,
+        #: and their starts (for bisect); None: every byte is data
+        self._data: list[tuple[int, int]] | None = None
+        self._starts: list[int] = []
 
     # -- open -----------------------------------------------------------------------------
 
@@ -187,6 +200,7 @@ class FileStager:
         task = self.task
         src_fd = open_source(task)
         try:
+            self._map_data(src_fd)
             if task.resume_from:
                 # Keep the verified prefix; anything past it is cut off, never trusted.
                 with task.dir() as dir_fd:
@@ -271,19 +285,68 @@ class FileStager:
         self.close()
         return StageResult(task, self.crc, size, size)
 
+    def _map_data(self, fd: int) -> None:
+        """Map the data regions of a sparse source (one ``fstat`` for a dense one); a
+        filesystem without SEEK_DATA support is all data."""
+        start = self.task.resume_from
+        st = os.fstat(fd)
+        if self.size - start <= 0 or st.st_blocks * 512 >= self.size:
+            return
+        regions: list[tuple[int, int]] = []
+        off = start
+        try:
+            while off < self.size:
+                try:
+                    beg = os.lseek(fd, off, os.SEEK_DATA)
+                except OSError as exc:
+                    if exc.errno == _errno.ENXIO:
+                        break  # nothing but a hole up to the end
+                    raise
+                if beg >= self.size:
+                    break
+                end = min(os.lseek(fd, beg, os.SEEK_HOLE), self.size)
+                regions.append((beg, end))
+                off = end
+        except OSError as exc:
+            if exc.errno in (_errno.EINVAL, _errno.EOPNOTSUPP):
+                return
+            raise
+        if regions != [(start, self.size)]:
+            self._data = regions
+            self._starts = [r[0] for r in regions]
+
+    def _region(self, offset: int) -> tuple[bool, int]:
+        """``(in a hole, end of the region)`` for the byte at ``offset``."""
+        if self._data is None:
+            return False, self.size
+        i = bisect.bisect_right(self._starts, offset) - 1
+        if i >= 0 and offset < self._data[i][1]:
+            return False, self._data[i][1]
+        return True, self._starts[i + 1] if i + 1 < len(self._starts) else self.size
+
+    def is_hole(self, offset: int) -> bool:
+        """Is the chunk at ``offset`` (as cut by :meth:`read_len`) in a hole of the
+        source? Its bytes are zeros; it is not read and not written."""
+        return self._data is not None and self._region(offset)[0]
+
     # -- bytes ----------------------------------------------------------------------------
 
     def read_len(self, offset: int, room: int) -> int:
         """Bytes to read at ``offset`` into a buffer of ``room``: never past the end of
-        the file or across an extent boundary (extents count from the resume point)."""
+        the file, across an extent boundary (extents count from the resume point) or
+        across a data/hole boundary of a sparse source."""
         start = self.task.resume_from
         ext_end = start + ((offset - start) // self._ext + 1) * self._ext
-        return max(0, min(room, self.size - offset, ext_end - offset))
+        return max(0, min(room, self.size - offset, ext_end - offset,
+                          self._region(offset)[1] - offset))
 
     def read(self, queue: IOQueue, buf: memoryview, offset: int) -> int:
         """Fill ``buf`` from the source at ``offset`` under the retry policy; a short read
-        means the source shrank (SourceChangedError)."""
+        means the source shrank (SourceChangedError). A hole's chunk is zeros, not read."""
         want = buf.nbytes
+        if self.is_hole(offset):
+            buf[:] = bytes(want)
+            return want
         n = self.ctx.retry(
             lambda: queue_io(queue, False, self.src_fd, buf, offset, "read", self.src),
             f"read {self.src!r} @{offset}+{want}")
@@ -293,7 +356,10 @@ class FileStager:
         return n
 
     def write(self, queue: IOQueue, data: memoryview, offset: int) -> int:
-        """Write ``data`` to the temp at ``offset`` under the retry policy."""
+        """Write ``data`` to the temp at ``offset`` under the retry policy; a hole's chunk
+        is not written (the temp keeps the hole)."""
+        if self.is_hole(offset):
+            return data.nbytes
         return self.ctx.retry(
             lambda: queue_io(queue, True, self.tmp_fd, data, offset, "write", self.dst),
             f"write {self.dst!r} @{offset}+{data.nbytes}")
@@ -351,6 +417,8 @@ class FileStager:
         close both fds; the result carries the file's CRC32C."""
         task = self.task
         self.check_source_unchanged()
+        if self._data is not None:
+            os.ftruncate(self.tmp_fd, self.size)  # a trailing hole: the file's full size
         self.apply_metadata()
         if not planted("rename_before_fsync"):
             fsync_fd(self.tmp_fd)

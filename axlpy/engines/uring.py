@@ -246,6 +246,7 @@ class _Run:
     def fill(self) -> None:
         """Give every free slot a read, opening more files as needed; then submit."""
         prepared = 0
+        holes: dict[_File, None] = {}
         while self.free:
             f = next((f for f in self.active if f.read_off < f.size), None)
             if f is None:
@@ -256,6 +257,13 @@ class _Run:
             slot = self.free.pop()
             # A read never crosses an extent boundary: extent CRCs stay op-aligned.
             want = f.st.read_len(f.read_off, self.op)
+            if f.st.is_hole(f.read_off):
+                # Not read: the stager fills the slot with the hole's zeros.
+                f.st.read(self.q, self.slots[slot][:want], f.read_off)
+                f.ready[f.read_off] = (slot, want)
+                f.read_off += want
+                holes[f] = None
+                continue
             self.q.prep_read(f.st.src_fd, self.slots[slot][:want], f.read_off,
                              _Tag(f, slot, want))
             f.read_off += want
@@ -264,6 +272,8 @@ class _Run:
             prepared += 1
         if prepared:
             self.submit()
+        for f in holes:
+            self.checksum_and_write(f)
 
     def submit(self) -> None:
         """Submit what is prepared; requests the mechanism dropped are failed requests,
@@ -349,6 +359,9 @@ class _Run:
             slot, n = f.ready.pop(off)
             mv = self.slots[slot][:n]
             f.st.chunk(off, mv)
+            if f.st.is_hole(off):
+                self.written(f, slot, off, n)  # not written: the temp keeps the hole
+                continue
             self.q.prep_write(f.st.tmp_fd, mv, off, _Tag(f, slot, n))
             f.in_flight += 1
             self.in_flight += 1
