@@ -21,14 +21,6 @@ everything that makes a temp trustworthy, so it is written and proven once:
 6. :meth:`~FileStager.commit`: an extent's bytes are fdatasynced, then its CRC journaled
    (the journal never vouches for bytes that are not durable). Never retried: after a
    failed fsync the kernel may have dropped the dirty pages, so a retry would lie;
-Sparse sources: :meth:`~FileStager.open` maps the source's data regions with
-``SEEK_DATA``/``SEEK_HOLE``; :meth:`~FileStager.read_len` never crosses a data/hole
-boundary, and a chunk in a hole is neither read (:meth:`~FileStager.read` fills zeros)
-nor written (:meth:`~FileStager.write` skips it), so the temp keeps the hole while the
-CRC32C covers the logical bytes; :meth:`~FileStager.finish` extends the temp to its size
-with ``ftruncate``. Engines need only :meth:`~FileStager.is_hole` when they bypass
-``read``/``write`` (URING submits its own reads and writes).
-
 7. :meth:`~FileStager.finish`: the source is re-checked (not grown, truncated or
    rewritten), the final mode (and with metadata copy owner, xattrs and mtime) applied, the temp
    fsynced (planted bugs ``rename_before_fsync``/``fsync_noop`` skip it; crash point
@@ -42,6 +34,16 @@ recorded at dispatch and was not rewritten while read, and only then create the 
 write it, set its mode, fsync it and close both fds — 10 system calls per file instead
 of 11 on the POSIX queue (which reads to the end: ``size + 1`` bytes take two reads),
 and no hand-off between threads (docs/engines.md, "Small files").
+
+Sparse sources: :meth:`~FileStager.open` maps the source's data regions with
+``SEEK_DATA``/``SEEK_HOLE``; :meth:`~FileStager.read_len` never crosses a data/hole
+boundary, and a chunk in a hole is neither read (:meth:`~FileStager.read` fills zeros)
+nor written (:meth:`~FileStager.write` skips it), so the temp keeps the hole while the
+CRC32C covers the logical bytes; :meth:`~FileStager.finish` extends the temp to its size
+with ``ftruncate``. :meth:`~FileStager.copy_small` reads a sparse small file whole but
+writes only its data regions, then calls ``ftruncate``. Engines need only
+:meth:`~FileStager.is_hole` when they bypass ``read``/``write`` (URING submits its own
+reads and writes).
 
 On disk if a step raises or the process dies: the temp holds a prefix of the data
 (extents journaled so far were fdatasynced before being journaled); nothing is under the
@@ -266,6 +268,8 @@ class FileStager:
             raise SourceChangedError(
                 f"source {name!r} changed since dispatch (size {row.size} -> {n}); not "
                 "copied", path=name, changed=("size",))
+        if st.st_blocks * 512 < size:
+            self._map_data(self.src_fd, st)  # sparse: write its data regions only
         if not self.ctx.copy_metadata:  # with metadata copy its xattrs are read below
             os.close(self.src_fd)
             self.src_fd = -1
@@ -276,7 +280,12 @@ class FileStager:
             self.tmp_fd = create_temp(dir_fd, task.tmp)
         crash_point("stage.after_create_temp")
         if size:
-            self.write(queue, data, 0)
+            if self._data is None:
+                self.write(queue, data, 0)
+            else:
+                for beg, end in self._data:
+                    self.write(queue, data[beg:end], beg)
+                os.ftruncate(self.tmp_fd, size)
             self.written(0, size)
         self.apply_metadata()
         if not planted("rename_before_fsync"):
@@ -285,11 +294,12 @@ class FileStager:
         self.close()
         return StageResult(task, self.crc, size, size)
 
-    def _map_data(self, fd: int) -> None:
-        """Map the data regions of a sparse source (one ``fstat`` for a dense one); a
-        filesystem without SEEK_DATA support is all data."""
+    def _map_data(self, fd: int, st: os.stat_result | None = None) -> None:
+        """Map the data regions of a sparse source (one ``fstat`` for a dense one, none
+        if ``st`` is given); a filesystem without SEEK_DATA support is all data."""
         start = self.task.resume_from
-        st = os.fstat(fd)
+        if st is None:
+            st = os.fstat(fd)
         if self.size - start <= 0 or st.st_blocks * 512 >= self.size:
             return
         regions: list[tuple[int, int]] = []

@@ -19,7 +19,9 @@ import pytest
 import axlpy
 from axlpy import TransferState as T
 from axlpy._checksum import file_crc32c
+from axlpy.engines import ENGINE_TYPES
 from tests.cli.clitools import child_env, run_sub
+from tests.conftest import type_params
 
 GIB = 1 << 30
 MIB = 1 << 20
@@ -101,13 +103,8 @@ def _assert_sparse_copy(src: Path, dst: Path) -> None:
     assert _crc(dst) == _crc(src)
 
 
-@pytest.mark.parametrize("ttype", ["sync", "pthread", "uring", "default"])
+@pytest.mark.parametrize("ttype", type_params(ENGINE_TYPES))
 def test_sparse_file_arrives_sparse(sparse_src, tmp_path, journal_path, ttype):
-    if ttype == "uring":
-        from tests.conftest import URING_UNAVAILABLE
-
-        if URING_UNAVAILABLE is not None:
-            pytest.skip(f"io_uring unavailable: {URING_UNAVAILABLE}")
     dst = tmp_path / "out" / "sparse.bin"
     with axlpy.Journal(journal_path) as j:
         t = j.create("s", ttype)
@@ -159,4 +156,29 @@ def test_file_ending_in_data_and_dense_file_unchanged(tmp_path, journal_path):
         t = j.create("d", "sync", chunk_size=MIB, extent_size=MIB)
         t.add(src, dst)
         t.dispatch()
+    assert dst.read_bytes() == src.read_bytes()
+
+
+@pytest.mark.parametrize("ttype", type_params(ENGINE_TYPES))
+@pytest.mark.parametrize("chunk", [MIB, 8 * MIB], ids=["chunked", "small-file"])
+def test_file_ending_in_a_hole(tmp_path, journal_path, ttype, chunk):
+    """A 6 MiB file with 4 KiB of data at 1 MiB and a hole up to its end: the chunked
+    path (1 MiB chunks) extends the temp at the seal, the one-step small-file path
+    (a file below the 8 MiB chunk) writes only the data; both keep the holes."""
+    why = _holes_supported(tmp_path)
+    if why:
+        pytest.skip(why)
+    src = tmp_path / "tail-hole"
+    with open(src, "wb") as f:
+        f.truncate(6 * MIB)
+        f.seek(MIB)
+        f.write(os.urandom(4096))
+    dst = tmp_path / "out" / "tail-hole"
+    with axlpy.Journal(journal_path) as j:
+        t = j.create("h", ttype, chunk_size=chunk, extent_size=chunk)
+        t.add(src, dst)
+        t.dispatch()
+        t.wait()
+        assert t.state is T.COMPLETED
+    _assert_sparse_copy(src, dst)
     assert dst.read_bytes() == src.read_bytes()
