@@ -43,6 +43,9 @@ class Options:
     symlinks: str = "copy"  # copy | follow | refuse
     follow_dst_symlinks: bool = False
     verify_published: bool = True
+    #: recreate hard links among a transfer's sources as links (docs/design.md, "Hard
+    #: links"); False copies each name separately
+    hard_links: bool = True
     #: seconds without a byte written or an fsync done before a running transfer is
     #: reported STALLED (docs/design.md "Stalls and abandoned threads"); 0 = never
     stall_timeout: float = 300.0
@@ -137,7 +140,8 @@ DEFAULTS: dict[str, Any] = {
 _current: dict[str, Any] = dict(DEFAULTS)
 _INT_KEYS = {"chunk_size", "extent_size", "workers", "queue_depth"}
 _FLOAT_KEYS = {"stall_timeout"}
-_BOOL_KEYS = {"mkdirs", "metadata", "move", "follow_dst_symlinks", "verify_published"}
+_BOOL_KEYS = {"mkdirs", "metadata", "move", "follow_dst_symlinks", "verify_published",
+              "hard_links"}
 
 
 def _coerce(key: str, value: Any) -> Any:

@@ -297,10 +297,15 @@ class Driver:
                 results = [StageResult(self._task(dirs, r), r.crc32c or 0, r.size, 0)
                            for r in ready]
                 self._publish(results, already_staged=True)
+            later = self._link_groups()
             tasks = [self._task(dirs, r, resume_info.get(r.id)) for r in rows
-                     if r.kind == "file" and r.state is _F.PENDING]
+                     if r.kind == "file" and r.state is _F.PENDING and r.id not in later]
             links = [r for r in rows if r.kind == "symlink" and r.state is _F.PENDING]
             self._stage_and_publish(tasks)
+            if later:
+                copy = self._publish_hard_links(dirs, rows, later)
+                if copy:  # links impossible there: copied like any file
+                    self._stage_and_publish([self._task(dirs, r) for r in copy])
             if links:
                 self._publish([self._stage_link(dirs, r) for r in links])
             self._publish_dirs(dirs, [r for r in rows if r.kind == "dir"])
@@ -373,6 +378,75 @@ class Driver:
     def _check_fence(self) -> None:
         if self.fence.is_set():
             raise _Abandoned(self.t.name)
+
+    def _link_groups(self) -> dict[int, int]:
+        """``{later name's id: first name's id}`` of the transfer's hard-link groups
+        (empty with the ``hard_links`` option off); docs/design.md, "Hard links"."""
+        return self.jdb.link_groups(self.t.id) if self.opts.hard_links else {}
+
+    def _publish_hard_links(self, dirs: DirCache, rows: Sequence[FileRow],
+                            later: dict[int, int]) -> list[FileRow]:
+        """Publish each PENDING later name of a hard-link group as a link to its group's
+        published first name (temp link, then the ordinary STAGED, rename, dir fsync,
+        PUBLISHED, in groups). Returns the rows that cannot be links there (to copy)."""
+        firsts = set(later.values())
+        by_id = {r.id: r for r in rows if r.id in firsts}
+        copy: list[FileRow] = []
+        group: list[StageResult] = []
+        for r in rows:
+            if r.id not in later or r.state is not _F.PENDING:
+                continue
+            res = self._stage_hard_link(dirs, r, by_id[later[r.id]])
+            if res is None:
+                copy.append(r)
+                continue
+            group.append(res)
+            if len(group) >= _GROUP_FILES:
+                self._publish(group)
+                group = []
+        self._publish(group)
+        return copy
+
+    def _stage_hard_link(self, dirs: DirCache, r: FileRow,
+                         first: FileRow) -> StageResult | None:
+        """``link(2)`` the published first name to ``r``'s temp and check the temp is
+        that regular file of the journaled size; None if the filesystem cannot link it
+        here (EXDEV, EMLINK, EPERM, EOPNOTSUPP: copy it instead). Raises PublishError
+        (the temp removed) if the first name is not the published file any more. On
+        disk if the process dies: the temp, a second name of the published file."""
+        self._check_fence()
+        dst = os.fsdecode(r.dst)
+        if first.state is not _F.PUBLISHED or first.crc32c is None:
+            raise PublishError(f"hard link {dst!r}: its first name "
+                               f"{os.fsdecode(first.dst)!r} is not published",
+                               transfer=self.t.name, path=dst)
+        t = self._task(dirs, r)
+        fdir, fname = _dir_and_name(first.rel)
+        with dirs.pinned(first.root, fdir) as ffd, t.dir() as dfd:
+            unlink_quiet(dfd, t.tmp)
+            try:
+                os.link(fname, t.tmp, src_dir_fd=ffd, dst_dir_fd=dfd,
+                        follow_symlinks=False)
+            except FileNotFoundError as exc:
+                raise PublishError(f"hard link {dst!r}: its first name "
+                                   f"{os.fsdecode(first.dst)!r} is gone",
+                                   transfer=self.t.name, path=dst) from exc
+            except OSError as exc:
+                if exc.errno in (_errno.EXDEV, _errno.EMLINK, _errno.EPERM,
+                                 _errno.EOPNOTSUPP):
+                    return None
+                raise
+            crash_point("link.after_temp")
+            st = os.stat(t.tmp, dir_fd=dfd, follow_symlinks=False)
+            fst = os.stat(fname, dir_fd=ffd, follow_symlinks=False)
+            if (not stat.S_ISREG(st.st_mode) or st.st_size != first.size
+                    or (st.st_dev, st.st_ino) != (fst.st_dev, fst.st_ino)):
+                unlink_quiet(dfd, t.tmp)
+                raise PublishError(f"hard link {dst!r}: its first name "
+                                   f"{os.fsdecode(first.dst)!r} is not the published file "
+                                   "any more; not linked", transfer=self.t.name, path=dst)
+        self.progress.add_bytes(r.size)
+        return StageResult(t, first.crc32c, first.size, 0)
 
     def _stage_link(self, dirs: DirCache, r: FileRow) -> StageResult:
         self._check_fence()
@@ -525,6 +599,8 @@ class Driver:
         if rows is None:
             rows = self.jdb.files(self.t.id)
         adds = _recorded_adds(self.opts)
+        lg = self.jdb.link_groups(self.t.id)  # names of one source inode, linked or not
+        grouped = set(lg) | set(lg.values())
         by_path: dict[bytes, int] = {}
         touched: dict[int, None] = {}
         with DirCache(mkdirs=False) as tree_dirs:
@@ -540,7 +616,9 @@ class Driver:
                         continue  # deleted before a crash
                     same_kind = (stat.S_ISREG(st.st_mode) if r.kind == "file"
                                  else stat.S_ISLNK(st.st_mode))
-                    if not same_kind or (r.kind == "file" and identity_changes(r, st)):
+                    if not same_kind or (r.kind == "file" and identity_changes(r, st)
+                                         and not self._only_sibling_unlinked(
+                                             r, st, dfd, name, grouped)):
                         # Changed after it was copied: deleting it would lose data.
                         self.jdb.record_event(self.t.id, "move-kept-changed-source",
                                               _show(r.src), r.id)
@@ -568,6 +646,19 @@ class Driver:
                 for fd in by_path.values():
                     os.close(fd)
         crash_point("move.after_dir_fsync")
+
+    @staticmethod
+    def _only_sibling_unlinked(r: FileRow, st: os.stat_result, dfd: int, name: bytes,
+                               grouped: set[int]) -> bool:
+        """A source with other names in this transfer (a hard-link group) whose only
+        identity change is its ctime: deleting another name of the inode moved it. True
+        if its bytes still have the journaled CRC32C (re-read), so deleting it loses
+        nothing; any other change keeps it."""
+        if r.id not in grouped or r.crc32c is None:
+            return False
+        if [w for w, _ in identity_changes(r, st)] != ["ctime"]:
+            return False
+        return expected_of(r).matches(dfd, name)
 
     def _source_place(self, r: FileRow, adds: _Adds | None, tree_dirs: DirCache,
                       by_path: dict[bytes, int]) -> tuple[int, bytes] | None:
@@ -691,6 +782,17 @@ class Driver:
                         self.progress.add_files(1)
                 elif r.state is _F.PUBLISHED:
                     reset.append(r)
+        later = self._link_groups()
+        if later and reset:
+            # A first name copied again: its later names must be linked to the new copy.
+            again = {r.id for r in reset}
+            gone = [r for r in rows if later.get(r.id) in again and r.state is not _F.PENDING
+                    and r.id not in again]
+            if gone:
+                ids = {r.id for r in gone}
+                ready = [r for r in ready if r.id not in ids]
+                renamed = [r for r in renamed if r.id not in ids]
+                reset += gone
         if reset:
             self.jdb.set_files(self.t.id, [(r, _F.PENDING, {"bytes_done": 0}) for r in reset],
                                "resume-reset")

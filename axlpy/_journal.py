@@ -775,6 +775,22 @@ class JournalDB:
                 )
             return [_file_row(r) for r in cur]
 
+    def link_groups(self, tid: int) -> dict[int, int]:
+        """Hard-link groups among the transfer's regular files: ``{later id: first id}``
+        for every file row whose source had the same device and inode at dispatch as a
+        row with a lower id (the group's first name). Rows dispatched before schema 4
+        (no identity) are in no group. Grouped by SQLite, so only grouped rows reach
+        Python."""
+        with self._lock:
+            cur = self.conn.execute(
+                "SELECT f.id, g.first FROM files f JOIN (SELECT src_dev, src_ino,"
+                " MIN(id) AS first FROM files WHERE transfer_id = ? AND kind = 'file'"
+                " AND src_ino IS NOT NULL AND src_dev IS NOT NULL GROUP BY src_dev, src_ino"
+                " HAVING COUNT(*) > 1) g ON f.src_dev = g.src_dev AND f.src_ino = g.src_ino"
+                " WHERE f.transfer_id = ? AND f.kind = 'file' AND f.id != g.first",
+                (tid, tid))
+            return {r[0]: r[1] for r in cur}
+
     def iter_files(self, tid: int, states: Iterable[FileState] | None = None,
                    limit: int | None = None, batch: int = 2000) -> Iterator[FileRow]:
         """The transfer's files in id order (only ``states`` if given, at most ``limit``),

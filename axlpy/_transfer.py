@@ -184,7 +184,8 @@ class Journal:
         ``options`` override :func:`axlpy.config` defaults: ``move``, ``metadata``,
         ``mkdirs``, ``symlinks`` (copy/follow/refuse), ``follow_dst_symlinks``,
         ``chunk_size``, ``extent_size``, ``workers``, ``queue``, ``verify_published``,
-        ``retry`` (a table of ``retry.*`` keys, see docs/retry.md).
+        ``hard_links`` (default True: names of one source inode become hard links of one
+        copy), ``retry`` (a table of ``retry.*`` keys, see docs/retry.md).
         ``on_progress(progress)`` is called from the engine's threads as bytes and files
         are done (at most every 0.1 s for bytes). ``queue_factory(depth)`` overrides the
         IO queue of every engine thread in this process (not journaled: a resume

@@ -63,6 +63,10 @@ def _default_name() -> str:
               "(as root), xattrs (user.*, trusted.* as root) and POSIX ACLs, for files, "
               "directories and symlinks. Without it modes are masked by the umask, "
               "like `cp -r`.")
+@click.option("--no-hard-links", "no_hard_links", is_flag=True,
+              help="Copy each name of a hard-linked source separately (by default names "
+              "of one source inode inside the copy are recreated as hard links, like "
+              "`cp -a`).")
 @click.option("--name", help="Transfer name (unique in the journal) [default: "
               "cp-<date>-<time>-<pid>, printed].")
 @click.option("--progress", type=click.Choice(["auto", "bar", "lines", "none"]),
@@ -70,8 +74,8 @@ def _default_name() -> str:
 @click.argument("paths", nargs=-1, required=True, metavar="SRC... DST")
 @_common_options
 @_handle_errors
-def cp(ttype: str, move: bool, metadata: bool, name: str | None, progress: str,
-       paths: tuple[str, ...]) -> None:
+def cp(ttype: str, move: bool, metadata: bool, no_hard_links: bool, name: str | None,
+       progress: str, paths: tuple[str, ...]) -> None:
     """Copy files and directory trees, like `cp -r`, crash-safely.
 
     One SRC and a DST that is not an existing directory: SRC is copied to DST. Otherwise
@@ -90,7 +94,8 @@ def cp(ttype: str, move: bool, metadata: bool, name: str | None, progress: str,
     reporter = _Reporter(name, progress)
     with _open_journal(create=True) as j:
         t = j.create(name, ttype, on_progress=reporter,
-                     move=True if move else None, metadata=True if metadata else None)
+                     move=True if move else None, metadata=True if metadata else None,
+                     hard_links=False if no_hard_links else None)
         _say(f"axlpy: transfer {_safe(name)} ({t.type}) in journal {_safe(j.path)}",
              err=True)
         try:
