@@ -3,8 +3,9 @@
 ``expect`` names the documented outcome the harness reached:
 
 - ``complete``: every destination equals its source byte for byte (mode and mtime too with
-  metadata copy), every directory exists, nothing extra under the destination, sources
-  intact (move mode: gone), journal COMPLETED with ``complete`` as its last event;
+  metadata copy), hard-linked sources are hard links, every directory exists, nothing
+  extra under the destination, sources intact (move mode: gone), journal COMPLETED with
+  ``complete`` as its last event;
 - ``cancelled``: nothing under any destination file name, sources intact, journal
   CANCELLED with ``cancel`` as its last event;
 - ``not_dispatched``: the transfer never got past CREATED: nothing under the
@@ -155,6 +156,19 @@ def _dir_attrs(lay: Layout, man: Manifest) -> list[str]:
     return bad
 
 
+def _links(lay: Layout, man: Manifest) -> list[str]:
+    """Each hard-link pair of the sources is one inode at the destination (issue 15.3)."""
+    bad = []
+    for later, first in man.get("links", []):
+        try:
+            a, b = os.lstat(_dst_path(lay, later)), os.lstat(_dst_path(lay, first))
+        except OSError:
+            continue  # reported as missing above
+        if (a.st_dev, a.st_ino) != (b.st_dev, b.st_ino):
+            bad.append(f"destination {later!r} is not a hard link of {first!r}")
+    return bad
+
+
 def check(lay: Layout, man: Manifest, expect: str, *, mtimes: bool = True) -> list[str]:
     """Invariants after recovery; returns a list of violations (empty: passed).
     ``mtimes=False`` skips the mtime part of the metadata check (powerfs does not model
@@ -198,6 +212,7 @@ def check(lay: Layout, man: Manifest, expect: str, *, mtimes: bool = True) -> li
                 bad.append(f"destination directory {rel!r} missing")
         if mtimes:  # powerfs models neither timestamps nor a directory's chmod
             bad += _dir_attrs(lay, man)
+        bad += _links(lay, man)
         extra = set(_files_under(lay.dst)) - set(files) if os.path.isdir(lay.dst) else set()
         if extra:
             bad.append(f"unexpected files under destination: {sorted(extra)}")

@@ -46,6 +46,8 @@ class Scenario:
     tree: bool = True
     move: bool = False
     metadata: bool = False
+    #: (later name, first name): hard links among the sources (issue 15.3)
+    links: tuple[tuple[str, str], ...] = ()
 
     def options(self) -> dict[str, Any]:
         return {"chunk_size": CHUNK, "extent_size": EXTENT, "move": self.move,
@@ -59,10 +61,12 @@ SCENARIOS: dict[str, Scenario] = {
         Scenario("files", (("zero", 0), ("one", 1), ("chunk", CHUNK),
                            ("multi", 2 * EXTENT + CHUNK + 17)), tree=False),
         # nested tree with empty directories, added as one tree.
+        # nested tree with empty directories and a hard-link pair, added as one tree.
         Scenario("tree", (("top", 1000), ("a/b/c/deep", CHUNK + 1), ("a/b/zero", 0),
-                          ("a/x", 3 * CHUNK)), empty_dirs=("empty", "a/b/empty2/e3")),
+                          ("a/x", 3 * CHUNK)), empty_dirs=("empty", "a/b/empty2/e3"),
+                 links=(("a/b/x-link", "a/x"),)),
         Scenario("move", (("m1", 2 * EXTENT + 5), ("sub/m2", 10), ("sub/m0", 0)),
-                 empty_dirs=("sub/emptydir",), move=True),
+                 empty_dirs=("sub/emptydir",), move=True, links=(("sub/m1-link", "m1"),)),
         Scenario("metadata", (("exec", 5000), ("ro/private", CHUNK + 3)),
                  empty_dirs=("ro/e",), metadata=True),
     )
@@ -131,7 +135,8 @@ def build(scen: Scenario, root: str, *, src_root: str | None = None,
           dst_root: str | None = None, journal_dir: str | None = None,
           seed: int = 0) -> tuple[Layout, Manifest]:
     """Create the sources of ``scen`` under ``root`` (or ``src_root``); return the layout
-    and a manifest of what every destination must hold (sha256, size, mode, mtime)."""
+    and a manifest of what every destination must hold (sha256, size, mode, mtime; a
+    hard link's later name holds what its first name holds, and ``links`` pairs them)."""
     os.makedirs(root, exist_ok=True)
     os.chmod(root, 0o700)
     src = src_root or os.path.join(root, "src")
@@ -155,6 +160,9 @@ def build(scen: Scenario, root: str, *, src_root: str | None = None,
         st = os.stat(p)
         files[rel] = {"sha256": hashlib.sha256(data).hexdigest(), "size": size,
                       "mode": st.st_mode & 0o7777, "mtime_ns": st.st_mtime_ns}
+    for rel, first in scen.links:
+        os.link(os.path.join(src, first), os.path.join(src, rel))
+        files[rel] = dict(files[first])
     for rel in scen.empty_dirs:
         os.makedirs(os.path.join(src, rel), exist_ok=True)
     dirs = sorted({d for rel in list(files) + list(scen.empty_dirs)
@@ -176,7 +184,8 @@ def build(scen: Scenario, root: str, *, src_root: str | None = None,
     lay = Layout(root, src, dst, os.path.join(jdir, "j.db"), os.path.join(root, "ack"),
                  os.path.join(root, "trace"), pairs)
     man: Manifest = {"files": files, "dirs": dirs if scen.tree else [],
-                     "move": scen.move, "metadata": scen.metadata, "dir_modes": dir_modes}
+                     "move": scen.move, "metadata": scen.metadata, "dir_modes": dir_modes,
+                     "links": [list(pair) for pair in scen.links]}
     with open(os.path.join(root, "manifest.json"), "w") as f:
         json.dump(man, f)
     return lay, man
