@@ -293,10 +293,49 @@ def _snapshot(root: Path) -> dict[str, tuple[object, ...]]:
             xs = tuple((n, os.getxattr(p, n, follow_symlinks=False)) for n in names)
             link = os.readlink(p) if stat.S_ISLNK(st.st_mode) else None
             size = st.st_size if stat.S_ISREG(st.st_mode) else None
+            nlink = st.st_nlink if stat.S_ISREG(st.st_mode) else None
             out[os.path.relpath(p, root)] = (stat.S_IFMT(st.st_mode), stat.S_IMODE(st.st_mode),
                                              st.st_uid, st.st_gid, size, st.st_mtime_ns,
-                                             link, xs)
+                                             link, xs, nlink)
     return out
+
+
+def _link_groups(root: Path) -> set[frozenset[str]]:
+    """The names below ``root`` that share an inode (hard links), as sets of paths."""
+    by_ino: dict[tuple[int, int], set[str]] = {}
+    for p in root.rglob("*"):
+        st = os.lstat(p)
+        if stat.S_ISREG(st.st_mode):
+            by_ino.setdefault((st.st_dev, st.st_ino), set()).add(str(p.relative_to(root)))
+    return {frozenset(g) for g in by_ino.values() if len(g) > 1}
+
+
+def _data_regions(p: Path) -> int:
+    fd = os.open(p, os.O_RDONLY)
+    try:
+        n, off, size = 0, 0, os.fstat(fd).st_size
+        while off < size:
+            try:
+                off = os.lseek(fd, os.lseek(fd, off, os.SEEK_DATA), os.SEEK_HOLE)
+            except OSError:
+                break
+            n += 1
+        return n
+    finally:
+        os.close(fd)
+
+
+def _assert_allocation_like(ref: Path, out: Path) -> None:
+    """Each regular file allocates what ``cp -a``'s copy does, within one block per data
+    region (a sparse file stays sparse)."""
+    for p in ref.rglob("*"):
+        st = os.lstat(p)
+        if not stat.S_ISREG(st.st_mode):
+            continue
+        got = os.lstat(out / p.relative_to(ref))
+        slack = max(1, _data_regions(p)) * st.st_blksize
+        assert abs(got.st_blocks - st.st_blocks) * 512 <= slack, (
+            p.relative_to(ref), got.st_blocks, st.st_blocks)
 
 
 def _every_case(src: Path, xattrs: bool) -> None:
@@ -332,6 +371,22 @@ def _every_case(src: Path, xattrs: bool) -> None:
         os.chown(src / "shared" / "data", 4242, 4343)
         os.chown(src / "private", 4244, 4345)
         os.lchown(src / "link", 4246, 4347)
+    # a hard-link pair (the linked inode carries the xattrs, ACL and owner above) and a
+    # group of three in one directory
+    os.link(src / "shared" / "data", src / "private" / "data-hardlink")
+    os.link(src / "ro" / "frozen", src / "ro" / "frozen2")
+    os.link(src / "ro" / "frozen", src / "shared" / "frozen3")
+    # sparse files: 12 MiB (above one 8 MiB chunk: the chunked path) with two data
+    # regions and a trailing hole; 2 MiB (one step) with a hole at both ends
+    for rel, size, data_at in (("sparse.bin", 12 << 20, (0, 8 << 20)),
+                               ("private/small-sparse", 2 << 20, (1 << 20,))):
+        with open(src / rel, "wb") as f:
+            f.truncate(size)
+            for off in data_at:
+                f.seek(off)
+                f.write(os.urandom(4096))
+        os.chmod(src / rel, 0o640)
+        os.utime(src / rel, ns=(1_700_000_000_000_000_000, 1_700_000_000_000_000_000))
     dirs = {"private": 0o700, "private/deep": 0o750, "shared": 0o755, "ro": 0o555,
             "empty": 0o711, "": 0o750}
     for rel, mode in sorted(dirs.items(), key=lambda kv: -kv[0].count("/") - len(kv[0])):
@@ -363,6 +418,15 @@ def test_metadata_copy_matches_cp_a(tmp_path):
     assert sorted(got) == sorted(want)
     for rel in want:
         assert got[rel] == want[rel], rel
+    # the link structure and the allocated sizes (sparse files) too
+    assert _link_groups(ref) == _link_groups(out) == _link_groups(src)
+    assert len(_link_groups(src)) == 2
+    _assert_allocation_like(ref, out)
+    if shutil.which("getfattr"):  # the same dump as getfattr gives, when it is installed
+        dumps = [subprocess.run(["getfattr", "-R", "-d", "-m", "-", "-h", "--absolute-names",
+                                 "."], cwd=d, capture_output=True, text=True).stdout
+                 for d in (ref, out)]
+        assert dumps[0] == dumps[1]
     # -a is the same option
     out2 = tmp_path / "out2"
     r = run_sub(jdir / "j.db", "cp", "-a", "--type", "sync", src, out2)
@@ -373,6 +437,8 @@ def test_metadata_copy_matches_cp_a(tmp_path):
     r = run_sub(jdir / "j.db", "cp", "--type", "sync", src, plain)
     assert r.code == 0, r.err
     assert stat.S_IMODE(os.stat(plain / "private").st_mode) == 0o700
+    assert _link_groups(plain) == _link_groups(src)  # links are kept without it too
+    _assert_allocation_like(ref, plain)
     for rel, (_, mode, *_rest) in _snapshot(src).items():
         pst = os.lstat(plain / rel)
         if not stat.S_ISLNK(pst.st_mode):
