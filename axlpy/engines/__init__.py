@@ -103,8 +103,8 @@ def stage_chunk_size(chunk_size: int, tasks: Sequence[StageTask]) -> int:
     :data:`MIN_CHUNK` — so a 3-byte copy allocates pages, not the configured megabytes —
     with one byte of room past the biggest file (see ``FileStager.copy_small``).
     Halving keeps it a divisor of ``chunk_size`` (and so of ``extent_size``)."""
-    # One byte of room past the biggest file: a file below one chunk is staged with one
-    # read of size + 1 bytes (FileStager.copy_small), whose short count proves the end.
+    # One byte of room past the biggest file, so that it is below one chunk and staged
+    # in one step (FileStager.copy_small).
     need = max((t.row.size - t.resume_from for t in tasks), default=0) + 1
     size = chunk_size
     while size % 2 == 0 and size // 2 >= max(need, MIN_CHUNK):

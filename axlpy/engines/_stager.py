@@ -17,7 +17,9 @@ everything that makes a temp trustworthy, so it is written and proven once:
 4. :meth:`~FileStager.chunk`: CRC32C of the whole file and of the current extent, in
    file order (chunks may be *written* in any order, never *checksummed* out of order);
 5. :meth:`~FileStager.written`: a chunk's bytes are in the temp (crash point
-   ``stage.after_write``, progress); returns the extents now fully written, in order;
+   ``stage.after_write``, progress); for a large file, every few MiB, writeback of the
+   temp's new pages is started (``_writeback``: never waited for, durability stays the
+   fsync's); returns the extents now fully written, in order;
 6. :meth:`~FileStager.commit`: an extent's bytes are fdatasynced, then its CRC journaled
    (the journal never vouches for bytes that are not durable). Never retried: after a
    failed fsync the kernel may have dropped the dirty pages, so a retry would lie;
@@ -28,12 +30,11 @@ everything that makes a temp trustworthy, so it is written and proven once:
 
 A file below one chunk (:meth:`~FileStager.fits`) is staged in one step instead,
 :meth:`~FileStager.copy_small`, on the calling thread: open the source, read it whole
-with one read of ``size + 1`` bytes (getting exactly ``size`` proves the end of file, so
-no separate probe for extra bytes), fstat it once to check it is still the regular file
-recorded at dispatch and was not rewritten while read, and only then create the temp,
-write it, set its mode, fsync it and close both fds — 10 system calls per file instead
-of 11 on the POSIX queue (which reads to the end: ``size + 1`` bytes take two reads),
-and no hand-off between threads (docs/engines.md, "Small files").
+with one read of ``size`` bytes (none for an empty file), fstat it once — still the
+regular file recorded at dispatch, of the recorded size (so it did not grow: no probe
+read past the end), not rewritten while read (ctime) — and only then create the temp,
+write it, set its mode, fsync it and close both fds: 10 system calls per file (9 for
+an empty one), and no hand-off between threads (docs/engines.md, "Small files").
 
 Sparse sources: :meth:`~FileStager.open` maps the source's data regions with
 ``SEEK_DATA``/``SEEK_HOLE``; :meth:`~FileStager.read_len` never crosses a data/hole
@@ -72,6 +73,7 @@ from .._metadata import apply_file
 from .._planted import planted
 from .._staging import create_temp, fsync_fd
 from ..io import IOQueue
+from . import _writeback
 from ._base import StageContext, StageResult, StageTask
 
 __all__ = ["Extent", "FileStager", "name_file", "open_source", "queue_io"]
@@ -193,6 +195,12 @@ class FileStager:
         #: and their starts (for bisect); None: every byte is data
         self._data: list[tuple[int, int]] | None = None
         self._starts: list[int] = []
+        #: write-behind and source hints, for a large file only (``_writeback``)
+        wb = _writeback.settings()
+        self._wb = wb if wb.large(self.size - task.resume_from) else None
+        #: the temp's bytes before this offset had their writeback started (those before
+        #: ``_wb_prev`` a step earlier)
+        self._wb_off = self._wb_hi = self._wb_prev = task.resume_from
 
     # -- open -----------------------------------------------------------------------------
 
@@ -225,6 +233,8 @@ class FileStager:
                 self.tmp_fd = -1
             raise
         self.src_fd, self.tmp_fd = src_fd, tmp_fd
+        if self._wb is not None and self._wb.sequential:
+            os.posix_fadvise(src_fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
         return self
 
     # -- a file below one chunk, in one step ----------------------------------------------
@@ -239,20 +249,21 @@ class FileStager:
         check the source, checksum, create the temp, write, seal (:meth:`finish`).
 
         The same checks as the chunked path, in fewer system calls: the source is read
-        whole before it is checked, so one fstat afterwards covers both "still the file
-        recorded at dispatch" and "not rewritten while being copied", and a read of
-        ``size + 1`` bytes that returns ``size`` covers "did not grow". The temp is
-        created only once the source passed (a changed source leaves no temp).
+        whole before it is checked, so one fstat afterwards covers "still the file
+        recorded at dispatch", "not rewritten while being copied" (ctime, mtime) and
+        "did not grow" (its size is still the recorded one, so the ``size`` bytes read
+        are all of it; no probe read past the end). The temp is created only once the
+        source passed (a changed source leaves no temp).
         On error nothing stays open; a temp created is left for cancel/resume.
         """
         task, size = self.task, self.size
         name = self.src
         self.src_fd = open_source(task, False)
-        data = memoryview(buf)[:size + 1]
+        data = memoryview(buf)[:size]
         try:
             n = self.ctx.retry(
                 lambda: queue_io(queue, False, self.src_fd, data, 0, "read", name),
-                f"read {name!r} @0+{size + 1}")
+                f"read {name!r} @0+{size}") if size else 0
         except BaseException:
             st = os.fstat(self.src_fd)
             if not stat.S_ISREG(st.st_mode):  # a FIFO or a directory now: say so
@@ -264,7 +275,7 @@ class FileStager:
         if not stat.S_ISREG(st.st_mode):
             raise BadSourceError(f"source {name!r} is no longer a regular file")
         check_unchanged(row, st, "since dispatch", "not copied")  # ctime, inode too
-        if n != size:
+        if n != size:  # shorter than its (unchanged) size: it shrank and grew back
             raise SourceChangedError(
                 f"source {name!r} changed since dispatch (size {row.size} -> {n}); not "
                 "copied", path=name, changed=("size",))
@@ -273,7 +284,6 @@ class FileStager:
         if not self.ctx.copy_metadata:  # with metadata copy its xattrs are read below
             os.close(self.src_fd)
             self.src_fd = -1
-        data = data[:size]
         self.crc = crc32c(data)
         self.crc_off = size
         with task.dir() as dir_fd:
@@ -380,6 +390,8 @@ class FileStager:
         self.crc = crc32c(data, self.crc)
         self._ext_crc = crc32c(data, self._ext_crc)
         self.crc_off += data.nbytes
+        if self._wb is not None and self._wb.dontneed:
+            _writeback.drop_pages(self.src_fd, offset, data.nbytes)
         if self.crc_off - self._ext_start == self._ext or self.crc_off == self.size:
             self._ext_crcs[self._ext_idx] = (self._ext_crc, self._ext_start)
             self._ext_idx += 1
@@ -396,6 +408,8 @@ class FileStager:
         ext = self._ext
         idx = self.task.next_extent + (offset - self.task.resume_from) // ext
         self._written[idx] = self._written.get(idx, 0) + n
+        if self._wb is not None and self._wb.step:
+            self._write_behind(offset + n)
         ready: list[Extent] = []
         while (self._commit_idx in self._ext_crcs
                and self._written.get(self._commit_idx, 0) == ext):
@@ -408,6 +422,19 @@ class FileStager:
             ready.append(Extent(self._commit_idx, ext, ecrc, end))
             self._commit_idx += 1
         return ready
+
+    def _write_behind(self, end: int) -> None:
+        """Start writeback of what was written since the last call, every ``step`` bytes
+        (writes may complete out of order: pages not yet written are simply not dirty,
+        and the final fsync covers them); not at the end of the file, where the fsync
+        follows at once."""
+        assert self._wb is not None
+        self._wb_hi = max(self._wb_hi, end)
+        if self._wb.step <= self._wb_hi - self._wb_off and self._wb_hi < self.size:
+            _writeback.start_writeback(self.tmp_fd, self._wb_off, self._wb_hi - self._wb_off)
+            if self._wb.drop_temp:  # the previous step's pages: written back by now, mostly
+                _writeback.drop_pages(self.tmp_fd, self._wb_prev, self._wb_off - self._wb_prev)
+            self._wb_prev, self._wb_off = self._wb_off, self._wb_hi
 
     @property
     def all_written(self) -> bool:
