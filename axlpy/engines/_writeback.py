@@ -45,7 +45,7 @@ _SFR_WRITE = 2
 #: bytes between two write-behind calls unless AXLPY_WRITE_BEHIND says otherwise
 DEFAULT_STEP = 8 << 20
 #: source hints unless AXLPY_SOURCE_FADVISE says otherwise
-DEFAULT_FADVISE: frozenset[str] = frozenset({"source-dontneed"})
+DEFAULT_FADVISE: frozenset[str] = frozenset({"source-dontneed", "temp-dontneed"})
 _FADVISE_NAMES = frozenset({"source-sequential", "source-dontneed", "temp-dontneed"})
 
 
