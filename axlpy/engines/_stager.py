@@ -33,7 +33,7 @@ A file below one chunk (:meth:`~FileStager.fits`) is staged in one step instead,
 with one read of ``size`` bytes (none for an empty file), fstat it once — still the
 regular file recorded at dispatch, of the recorded size (so it did not grow: no probe
 read past the end), not rewritten while read (ctime) — and only then create the temp,
-write it, set its mode, fsync it and close both fds: 10 system calls per file (9 for
+write it, set its mode, fsync it and close both fds: 9 system calls per file (8 for
 an empty one), and no hand-off between threads (docs/engines.md, "Small files").
 
 Sparse sources: :meth:`~FileStager.open` maps the source's data regions with
