@@ -29,12 +29,16 @@ CRASH_POINTS: dict[str, str] = {
     # dispatch
     "dispatch.after_commit": "DISPATCHED (owner, recorded source stats, temp names) durable",
     "stage.after_mkdir": "a missing destination directory was created, parent not fsynced",
-    "stage.after_mkdir_fsync": "new destination directory and its parent fsynced",
-    "stage.after_mkdir_commit": "the new directory is recorded in created_dirs (durable)",
+    "stage.after_mkdir_fsync": "new destination directories durable in their parents "
+                               "(fsynced, or the batch's syncfs)",
+    "stage.after_mkdir_commit": "the new directories are recorded in created_dirs (durable)",
     "stage.after_create_temp": "temp file created (O_EXCL), nothing written",
     "stage.after_write": "a chunk written to the temp file, not fsynced",
     "stage.after_extent_commit": "a group of verified extents is durable in the journal",
-    "stage.after_fsync": "temp file fully written and fsynced",
+    "stage.after_fsync": "temp file fully written and fsynced (batched: sealed, not yet "
+                         "durable; the batch's syncfs covers it)",
+    "stage.after_syncfs": "the batch's syncfs returned: its temps and new directories are "
+                          "durable, nothing of it journaled or renamed yet",
     "stage.after_commit": "a batch of files STAGED (size, CRC32C) is durable",
     "stage.after_admission_commit": "the run's admission counters (an event) are durable",
     "link.after_temp": "a later name of a hard-link group linked to its temp (to the "

@@ -3,7 +3,9 @@
 This is where the order of writes, fsyncs, renames and journal commits lives, once for
 every engine; ``docs/design.md`` is its contract. In short, for a batch of files:
 
-1. the engine writes each temp, checksums what it read, fsyncs the temp;
+1. the engine writes each temp, checksums what it read, fsyncs the temp (batched
+   durability, on a local filesystem: one ``syncfs`` per batch instead, then the new
+   directories' parents fsynced and recorded);
 2. commit the batch STAGED with size and CRC32C            (write-ahead of the rename)
 3. rename each temp over its final name;
 4. fsync each directory touched;
@@ -41,6 +43,7 @@ from ._errors import (
     UsageError,
 )
 from ._fdbudget import fd_budget
+from ._groupsync import GroupSync
 from ._identity import changes as identity_changes, check_unchanged
 from ._journal import FileRow, JournalDB, SourceStat, TransferRow
 from ._metadata import apply_dir, apply_link
@@ -59,6 +62,8 @@ _T = TransferState
 #: publish a group of staged files when it holds this many, or this much time has passed
 _GROUP_FILES = 256
 _GROUP_SECONDS = 0.1
+#: record empty directories created in batches of this many (docs/design.md)
+_GROUP_DIRS = 1024
 
 
 @dataclass
@@ -155,6 +160,12 @@ class Driver:
         self._recorded_roots: set[bytes] = set()
         #: descriptors this run may hold (from RLIMIT_NOFILE, see ``axlpy._fdbudget``)
         self.fds = fd_budget()
+        #: batched durability of the running :meth:`run` (None: per-file fsync)
+        self._gs: GroupSync | None = None
+        #: the running run's directory cache (its new directories are recorded in batches)
+        self._run_dirs: DirCache | None = None
+        #: device of each destination directory (root, rel) a batch touched
+        self._dev_of: dict[tuple[bytes, bytes], int] = {}
 
     # -- helpers ------------------------------------------------------------------------
 
@@ -181,16 +192,19 @@ class Driver:
         if self.jdb.unpause(self.t.id, event.what, name=self.t.name):
             self._seen = _T.DISPATCHED
 
-    def _dirs(self, rows: Sequence[FileRow] = ()) -> DirCache:
+    def _dirs(self, rows: Sequence[FileRow] = (), batched: bool = False) -> DirCache:
         # The copy of a source directory is created with its final group and other bits
         # (masked by the umask) plus owner rwx, so that we can fill it and it is never
         # wider than its source, even if a crash keeps it from being recorded as ours;
         # its exact mode comes after its contents (_publish_dirs).
         umask = current_umask()
+        # ``batched``: a directory's parent fsync and its created_dirs record wait for
+        # the batch (_make_durable), one per parent and one transaction per batch.
         return DirCache(mkdirs=self.opts.mkdirs, follow_symlinks=self.opts.follow_dst_symlinks,
                         max_open=self.fds.dirs, on_mkdir=self._record_mkdir,
                         modes={r.dst: (r.mode & 0o777 & ~umask) | 0o700
-                               for r in rows if r.kind == "dir"})
+                               for r in rows if r.kind == "dir"},
+                        defer_mkdir_sync=batched)
 
     def _record_mkdir(self, path: bytes, st: os.stat_result) -> None:
         # Cancel removes it later only if it is still this inode and empty.
@@ -284,7 +298,9 @@ class Driver:
         if not checked:
             for r in rows:
                 self._check_inside_roots(r)
-        with self._dirs(rows) as dirs:
+        # The syncfs fds are opened before this run's first write (docs/design.md,
+        # "Batched durability").
+        with self._dirs(rows, batched=True) as dirs, self._batched(rows, dirs):
             if renamed:
                 for key in {(r.root, _dir_and_name(r.rel)[0]) for r in renamed}:
                     fsync_dir(dirs.open(*key))
@@ -309,9 +325,25 @@ class Driver:
             if links:
                 self._publish([self._stage_link(dirs, r) for r in links])
             self._publish_dirs(dirs, [r for r in rows if r.kind == "dir"])
+            self._make_durable([], dirs)  # directories created by nothing published yet
         self._move(_T.RENAMED, "renamed")
         crash_point("renamed.after_commit")
         self.finish(rows)
+
+    @contextlib.contextmanager
+    def _batched(self, rows: Sequence[FileRow], dirs: DirCache) -> Iterator[None]:
+        """Batched durability for one run: a :class:`GroupSync` on the filesystems of the
+        destination roots (its fds opened now, before the run's first write); if the run
+        fails, the directories it created are still recorded (quietly)."""
+        with GroupSync(dict.fromkeys(r.root for r in rows)) as gs:
+            self._gs, self._run_dirs = gs, dirs
+            try:
+                yield
+            except BaseException:
+                self._record_mkdirs_quietly(dirs)
+                raise
+            finally:
+                self._gs = self._run_dirs = None
 
     def _task(self, dirs: DirCache, r: FileRow,
               info: tuple[int, int, int] | None = None) -> StageTask:
@@ -334,6 +366,7 @@ class Driver:
             cancel=self.cancel_event,
             workers=self.opts.workers,
             max_open_files=self.fds.files,
+            defer_fsync=self._gs is not None and self._gs.active,
         )
         if self.retry is not None:
             ctx.retry = self.retry
@@ -346,10 +379,10 @@ class Driver:
                 group.append(res)
                 now = time.monotonic()
                 if len(group) >= _GROUP_FILES or now - last >= _GROUP_SECONDS:
-                    self._publish(group)
+                    self._publish(group, synced=not ctx.defer_fsync)
                     group = []
                     last = time.monotonic()
-            self._publish(group)
+            self._publish(group, synced=not ctx.defer_fsync)
             ok = True
         finally:
             gen.close()
@@ -372,6 +405,11 @@ class Driver:
         crash_point("stage.after_admission_commit")
 
     def _commit_extents(self, ext: Sequence[tuple[int, int, int, int, int]]) -> None:
+        dirs = self._run_dirs
+        if dirs is not None and dirs.pending:
+            # A directory is recorded before the first commit about a file inside it
+            # (a large file's extents come long before its batch): cancel removes it.
+            self._record_mkdirs(dirs.take_pending(), dirs, set())
         self.jdb.add_extents(ext)
         self.progress.beat()  # the extent's fdatasync returned
 
@@ -467,11 +505,18 @@ class Driver:
                                 "else while being replaced; refusing to use it") from exc
         return StageResult(t, crc32c(r.link), len(r.link), len(r.link))
 
-    def _publish(self, group: Sequence[StageResult], already_staged: bool = False) -> None:
-        """STAGED commit -> renames -> directory fsyncs -> PUBLISHED commit."""
+    def _publish(self, group: Sequence[StageResult], already_staged: bool = False,
+                 synced: bool = True) -> None:
+        """(batched: syncfs) -> new directories recorded -> STAGED commit -> renames ->
+        directory fsyncs -> PUBLISHED commit. ``synced``: the engine fsynced each temp
+        (else :meth:`_make_durable` does, for the whole batch)."""
         if not group:
             return
         bad_order = planted("commit_after_step")
+        late_sync = not synced and planted("rename_before_syncfs")
+        self._check_fence()
+        if not late_sync:
+            self._make_durable([] if synced else group, group[0].task.dirs)
         if not already_staged and not bad_order:
             self._commit_staged(group)
         touched: dict[tuple[bytes, bytes], None] = {}
@@ -493,10 +538,96 @@ class Driver:
             with dirs.pinned(*key) as fd:
                 fsync_dir(fd)
         crash_point("publish.after_dir_fsync")
+        if late_sync:  # the planted bug: renamed (and named durably) before the syncfs
+            self._make_durable(group, dirs)
         self.jdb.set_files(self.t.id, [(r.task.row, _F.PUBLISHED, {}) for r in group],
                            "published")
         crash_point("publish.after_commit")
         self.progress.add_files(sum(r.task.row.kind == "file" for r in group))
+
+    def _make_durable(self, group: Sequence[StageResult], dirs: DirCache) -> None:
+        """The batch's durability step, before its STAGED commit (``docs/design.md``,
+        "Batched durability"): one ``syncfs`` per filesystem of the batch's temps and of
+        the directories created since the last batch; each temp no ``syncfs`` covered
+        (another filesystem, or the call failed) reopened and fsynced by itself, which
+        names the file an error belongs to; each parent of a new directory not covered
+        fsynced once; the new directories committed to ``created_dirs`` in one
+        transaction. ``group`` holds the temps not fsynced by the engine (may be empty).
+
+        Raises TransferError naming the file whose fsync failed (nothing of the batch is
+        journaled or renamed); the temps stay for resume or cancel."""
+        pending = dirs.take_pending()  # taken before the syncfs: it must cover them
+        if not group and not pending:
+            return
+        self._check_fence()
+        by_dev: dict[int, list[StageResult]] = {}
+        for res in group:
+            by_dev.setdefault(self._dev(res.task), []).append(res)
+        gs = self._gs
+        done: set[int] = set()
+        if gs is not None and gs.active:
+            failed = set(gs.failed)
+            done = gs.sync([*by_dev, *(st.st_dev for *_, st in pending)])
+            if done:
+                crash_point("stage.after_syncfs")
+            for dev in set(gs.failed) - failed:
+                self.jdb.record_event(self.t.id, "syncfs-failed",
+                                      f"syncfs of device {dev:#x} failed: {gs.failed[dev]}; "
+                                      "each file is fsynced by itself from now on")
+        for dev, results in by_dev.items():
+            if dev not in done:
+                for res in results:
+                    self._fsync_temp(res)
+        self._record_mkdirs(pending, dirs, done)
+
+    def _record_mkdirs(self, pending: Sequence[tuple[bytes, bytes, bytes, os.stat_result]],
+                       dirs: DirCache, done: set[int]) -> None:
+        """Make directories created since the last batch durable in their parents (once
+        per parent; not on a device in ``done``, just synced whole) and record them in
+        ``created_dirs`` in one transaction. Thread-safe (engine threads call it before
+        an extent commit)."""
+        if not pending:
+            return
+        for key in {(root, prel) for root, prel, _, st in pending if st.st_dev not in done}:
+            with dirs.pinned(*key) as fd:
+                fsync_dir(fd)
+        crash_point("stage.after_mkdir_fsync")
+        self.jdb.record_created_dirs(self.t.id, [(path, st.st_dev, st.st_ino)
+                                                 for _, _, path, st in pending])
+
+    def _record_mkdirs_quietly(self, dirs: DirCache) -> None:
+        """A failing run still records the directories it created (so cancel removes
+        them), if the disk and the journal let it; never in place of the run's error."""
+        if self.fence.is_set() or not dirs.pending:
+            return
+        with contextlib.suppress(Exception):
+            self._make_durable([], dirs)
+
+    def _dev(self, t: StageTask) -> int:
+        """The device of ``t``'s destination directory (where its temp lives)."""
+        key = (t.row.root, _dir_and_name(t.row.rel)[0])
+        dev = self._dev_of.get(key)
+        if dev is None:
+            with t.dir() as fd:
+                dev = self._dev_of[key] = os.fstat(fd).st_dev
+        return dev
+
+    def _fsync_temp(self, res: StageResult) -> None:
+        """fsync one staged temp by itself (reopened by name in its directory)."""
+        t = res.task
+        try:
+            with t.dir() as dir_fd:
+                fd = os.open(t.tmp, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                             dir_fd=dir_fd)
+                try:
+                    fsync_fd(fd)
+                finally:
+                    os.close(fd)
+        except OSError as exc:
+            dst = os.fsdecode(t.row.dst)
+            raise TransferError(
+                f"cannot make the staged copy of {dst!r} durable: fsync of its temp "
+                f"failed: {exc.strerror or exc}", transfer=self.t.name, path=dst) from exc
 
     def _publish_one(self, res: StageResult, dir_fd: int, name: bytes,
                      owners: tuple[int, ...]) -> None:
@@ -559,21 +690,38 @@ class Driver:
         meta = self.opts.metadata
         umask = current_umask()
         todo.sort(key=lambda r: r.rel.count(b"/") if r.rel else -1, reverse=True)
-        for r in todo:  # create the empty ones first (each journaled in created_dirs)
+        for r in todo:  # create the empty ones first (journaled in created_dirs)
             dirs.open(r.root, r.rel)
+            if len(dirs.pending) >= _GROUP_DIRS:
+                self._make_durable([], dirs)
+        self._make_durable([], dirs)
         created = {} if meta else {p: (dev, ino) for p, dev, ino
                                    in self.jdb.created_dirs(self.t.id)}
+        gs = self._gs
+        later: dict[int, list[FileRow]] = {}  # batched: one syncfs per device at the end
         for r in todo:
             fd = dirs.open(r.root, r.rel)
             if meta:
                 apply_dir(fd, r, metadata=True, umask=umask)
                 crash_point("dirs.after_meta")
-                fsync_dir(fd)
+                dev = os.fstat(fd).st_dev if gs is not None and gs.active else -1
+                if gs is not None and gs.covers(dev):
+                    later.setdefault(dev, []).append(r)
+                else:
+                    fsync_dir(fd)
             elif r.dst in created:
                 st = os.fstat(fd)
                 if (st.st_dev, st.st_ino) == created[r.dst]:
                     apply_dir(fd, r, metadata=False, umask=umask)
                     crash_point("dirs.after_meta")
+        if later and gs is not None:
+            done = gs.sync(later)
+            if done:
+                crash_point("stage.after_syncfs")
+            for dev, rs in later.items():
+                if dev not in done:  # the syncfs failed: each directory by itself
+                    for r in rs:
+                        fsync_dir(dirs.open(r.root, r.rel))
         self.jdb.set_files(self.t.id, [(r, _F.PUBLISHED, {}) for r in todo], "dirs-published")
 
     # -- after RENAMED --------------------------------------------------------------------
@@ -1041,7 +1189,7 @@ class _Fenced:
     so an abandoned run cannot commit anything once its stuck call returns."""
 
     _WRITES = frozenset({"set_state", "set_files", "record_event", "add_extents", "claim",
-                         "pause", "unpause"})
+                         "pause", "unpause", "record_created_dirs"})
 
     def __init__(self, jdb: JournalDB, fence: threading.Event, name: str) -> None:
         self._jdb = jdb

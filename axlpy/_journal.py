@@ -690,6 +690,17 @@ class JournalDB:
                        " VALUES (?, ?, ?, ?)", (tid, path, dev, ino))
         crash_point("stage.after_mkdir_commit")
 
+    def record_created_dirs(self, tid: int, dirs: Sequence[tuple[bytes, int, int]]) -> None:
+        """Journal (durably, one transaction) that this transfer created each directory
+        ``(path, dev, ino)`` of ``dirs`` (a batch, see ``docs/design.md``)."""
+        if not dirs:
+            return
+        with self.transaction():
+            self.conn.executemany(
+                "INSERT OR REPLACE INTO created_dirs (transfer_id, path, dev, ino)"
+                " VALUES (?, ?, ?, ?)", [(tid, *d) for d in dirs])
+        crash_point("stage.after_mkdir_commit")
+
     def created_dirs(self, tid: int) -> list[tuple[bytes, int, int]]:
         """``(path, dev, ino)`` of every directory the transfer recorded creating."""
         with self._lock:

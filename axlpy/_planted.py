@@ -7,7 +7,13 @@ sweeps in ``fault_injection/`` can show they catch it. Never set it outside thos
 - ``no_dir_fsync``: the directory fsync after a rename (and after mkdir) is skipped;
 - ``sync_normal``: the journal runs ``synchronous=NORMAL`` instead of FULL;
 - ``rename_before_fsync``: a temp file is renamed into place before it is fsynced;
-- ``commit_after_step``: files are renamed before their STAGED record is committed.
+- ``commit_after_step``: files are renamed before their STAGED record is committed;
+- ``syncfs_skipped``: the batch's ``syncfs`` is not called (batched durability);
+- ``rename_before_syncfs``: a batch is committed STAGED, renamed and its directories
+  fsynced before its ``syncfs``.
+
+``fsync_noop`` and ``rename_before_fsync`` are bugs of the per-file fsync path: arming
+either selects it (``AXLPY_SYNCFS=off``, see ``axlpy._groupsync.mode``).
 """
 
 from __future__ import annotations
@@ -17,7 +23,8 @@ import os
 __all__ = ["PLANTED_BUGS", "planted"]
 
 PLANTED_BUGS = frozenset(
-    {"fsync_noop", "no_dir_fsync", "sync_normal", "rename_before_fsync", "commit_after_step"}
+    {"fsync_noop", "no_dir_fsync", "sync_normal", "rename_before_fsync", "commit_after_step",
+     "syncfs_skipped", "rename_before_syncfs"}
 )
 
 _active = frozenset(

@@ -159,7 +159,12 @@ class DirCache:
     closed, so several threads may share one cache. :meth:`open` returns an fd that stays
     valid only until the next call into the cache: single-threaded callers only.
     ``on_mkdir(path, stat)`` is called (under the cache's lock) after each directory this
-    cache created is durable in its parent, so the journal can record it.
+    cache created is durable in its parent, so the journal can record it. With
+    ``defer_mkdir_sync`` a directory created below a root is neither fsynced in its parent
+    nor reported: it joins :attr:`pending` until the caller takes it
+    (:meth:`take_pending`), fsyncs each parent once (or syncs the filesystem) and records
+    the batch (``docs/design.md``, "Batched durability"); an ancestor the user named is
+    still fsynced and reported at once.
     A directory whose path is in ``modes`` is created with that mode (the copy of a
     source directory: its final group and other bits plus owner rwx, so it is never
     wider than its source meanwhile, and gets its exact mode after its contents); others
@@ -169,7 +174,8 @@ class DirCache:
     def __init__(self, *, mkdirs: bool = True, follow_symlinks: bool = False,
                  max_open: int | None = None,
                  on_mkdir: Callable[[bytes, os.stat_result], None] | None = None,
-                 modes: Mapping[bytes, int] | None = None) -> None:
+                 modes: Mapping[bytes, int] | None = None,
+                 defer_mkdir_sync: bool = False) -> None:
         self._fds: OrderedDict[bytes, int] = OrderedDict()
         self._pins: dict[bytes, int] = {}
         self._lock = threading.RLock()
@@ -182,6 +188,10 @@ class DirCache:
         self.created: list[bytes] = []
         #: most fds this cache held at once (for tests and measurements)
         self.peak = 0
+        self.defer_mkdir_sync = defer_mkdir_sync
+        #: directories created, not yet fsynced in their parent nor reported:
+        #: ``(root, parent rel, path, stat)``, in creation order (``defer_mkdir_sync``)
+        self.pending: list[tuple[bytes, bytes, bytes, os.stat_result]] = []
 
     def open(self, root: bytes, rel: bytes = b"") -> int:
         """The fd of ``root/rel`` (``rel`` may be empty or a relative path).
@@ -247,8 +257,15 @@ class DirCache:
             i = 0
         for j in range(i + 1, len(keys)):
             self._fds[keys[j]] = self._open_child(self._fds[keys[j - 1]], parts[j - 1],
-                                                  keys[j])
+                                                  keys[j], parent=(root, b"/".join(parts[:j - 1])))
         return self._fds[key]
+
+    def take_pending(self) -> list[tuple[bytes, bytes, bytes, os.stat_result]]:
+        """The directories created since the last call, not yet fsynced in their parent
+        nor reported (``defer_mkdir_sync``); the caller now owns making them durable."""
+        with self._lock:
+            out, self.pending = self.pending, []
+        return out
 
     def _open_root(self, root: bytes) -> int:
         try:
@@ -280,7 +297,8 @@ class DirCache:
             raise
         return pfd
 
-    def _open_child(self, pfd: int, name: bytes, key: bytes, *, explicit: bool = False) -> int:
+    def _open_child(self, pfd: int, name: bytes, key: bytes, *, explicit: bool = False,
+                    parent: tuple[bytes, bytes] | None = None) -> int:
         nofollow = not (self.follow_symlinks or explicit)
         flags = _NOFOLLOW_DIR if nofollow else _DIR_FLAGS
         try:
@@ -295,6 +313,10 @@ class DirCache:
         else:
             self.created.append(key)
             crash_point("stage.after_mkdir")
+            if self.defer_mkdir_sync and parent is not None:
+                fd = self._open_at(pfd, name, flags, key, nofollow)
+                self.pending.append((*parent, key, os.fstat(fd)))
+                return fd
             fsync_dir(pfd)
             crash_point("stage.after_mkdir_fsync")
             if self.on_mkdir is not None:

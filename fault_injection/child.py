@@ -29,7 +29,7 @@ MARKER = "/axlpy-fi-start-marker"
 #: called once the acknowledgement is durable: what follows is interpreter teardown
 ACKED_MARKER = "/axlpy-fi-acked-marker"
 
-__all__ = ["ACKED_MARKER", "MARKER", "main", "run"]
+__all__ = ["ACKED_MARKER", "MARKER", "POWERFS_SYNCFS_ENV", "main", "run"]
 
 
 def _install_pause(at: str, hit: int, flag: str) -> None:
@@ -52,6 +52,34 @@ def _install_pause(at: str, hit: int, flag: str) -> None:
         if (getattr(mod, "__name__", "") or "").startswith("axlpy") and \
                 getattr(mod, "crash_point", None) is orig:
             mod.crash_point = paused  # type: ignore[attr-defined]
+
+
+#: set by the power-loss sweep to powerfs's state directory (see _install_powerfs_syncfs)
+POWERFS_SYNCFS_ENV = "FI_POWERFS_CONTROL"
+
+
+def _install_powerfs_syncfs(control: str) -> None:
+    """Make axlpy's ``syncfs`` do on powerfs what it does on a local disk.
+
+    FUSE does not pass ``syncfs(2)`` to a ``/dev/fuse`` server (the kernel sends
+    ``FUSE_SYNCFS`` to virtiofs only; checked on Linux 6.18: the daemon's debug log shows
+    no request at all), so on powerfs a real ``syncfs`` makes nothing durable. After each
+    real call returns, the child asks the daemon to ``sync``: every dirty file and
+    directory entry of the mount becomes durable — what ``syncfs`` does on ext4, xfs and
+    btrfs. A ``syncfs`` the code skips (planted bug ``syncfs_skipped``) or makes too late
+    (``rename_before_syncfs``) is skipped or late here too. The sweep also sets
+    ``AXLPY_SYNCFS=on`` so the FUSE mount takes the batched path."""
+    import axlpy._groupsync as gs
+
+    from .powerfs import send_command
+
+    real = gs.syncfs
+
+    def syncfs(fd: int) -> None:
+        real(fd)
+        send_command(control, "sync")
+
+    gs.syncfs = syncfs
 
 
 def _ack(path: str, payload: dict[str, Any]) -> None:
@@ -105,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if pause:
         _install_pause(pause["at"], int(pause.get("hit", 1)), pause["file"])
+    if os.environ.get(POWERFS_SYNCFS_ENV):
+        _install_powerfs_syncfs(os.environ[POWERFS_SYNCFS_ENV])
     os.access(MARKER, os.F_OK)
     from axlpy import AxlError
 

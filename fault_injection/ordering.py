@@ -8,14 +8,18 @@ right after the step it names; that is how a WAL commit is tied to what it recor
 
 Rules checked (each violation is one problem):
 
-1. every temp file is fsynced after its last write and before its rename;
+1. every temp file is made durable after its last write and before its rename: by an
+   fsync of the temp, or by a ``syncfs`` of its filesystem (batched durability: one
+   ``syncfs`` covers every file on that filesystem written before it);
 2. a journal commit followed by the ``stage.after_commit`` marker (STAGED) lies between a
-   temp's fsync and its rename: the commit's WAL write began after the temp's fsync
-   returned, and its WAL fsync returned before the marker;
+   temp's fsync (or covering ``syncfs``) and its rename: the commit's WAL write began
+   after that sync returned, and its WAL fsync returned before the marker;
 3. the directory of every renamed file is fsynced after the rename and before the WAL
    commit that the next ``publish.after_commit`` marker (PUBLISHED) follows;
-4. every directory created by ``mkdir`` has its parent fsynced before the next commit
-   (on the thread that created it);
+4. every directory created by ``mkdir`` has its parent fsynced (or a ``syncfs`` of its
+   filesystem) after the mkdir and before the commit that records it in
+   ``created_dirs`` (the next ``stage.after_mkdir_commit`` marker: batched, one record
+   per batch of directories);
 5. every ``*after_commit`` marker (and takeover/reset markers) is preceded by a WAL fsync
    after the last WAL write, i.e. the commit was durable before the code went on;
 6. no temp is created before DISPATCHED is durable; move mode: no source is unlinked
@@ -33,8 +37,9 @@ started after the write; an fsync on another thread may have started before it).
 Lines are in completion order; ``strace`` prints a call's result before the thread
 returns to user space, so a step another thread waited for comes first.
 
-Not modelled: the kernel's own ordering (ext4 may make a rename durable with the inode),
-data written through mmap, and io_uring requests (not visible to strace).
+Filesystems are told apart by ``st_dev`` of each path (its nearest existing ancestor,
+after the run). Not modelled: the kernel's own ordering (ext4 may make a rename durable
+with the inode), data written through mmap, and io_uring requests (not visible to strace).
 """
 
 from __future__ import annotations
@@ -54,7 +59,8 @@ from .strace_log import Call, parse, strace_unavailable_reason
 __all__ = ["audit", "ordering_cases", "record"]
 
 TRACE_SET = ("openat,write,pwrite64,pwritev,pwritev2,writev,fsync,fdatasync,rename,renameat,"
-             "renameat2,unlink,unlinkat,mkdir,mkdirat,rmdir,access,faccessat,faccessat2")
+             "renameat2,unlink,unlinkat,mkdir,mkdirat,rmdir,access,faccessat,faccessat2,"
+             "syncfs")
 _COMMIT_MARKERS = ("after_commit", "after_extent_commit", "after_takeover",
                    "after_reset_file")
 
@@ -100,6 +106,18 @@ def audit(calls: list[Call], journal: str, trace: str, src_root: str,
     unlinks: list[Call] = []
     rmdirs: dict[str, int] = {}
     creates: list[Call] = []
+    fs_syncs: list[tuple[int, int]] = []  # (call index, device) of each syncfs
+    devs: dict[str, int] = {}
+
+    def dev_of(path: str) -> int:
+        """``st_dev`` of ``path`` or of its nearest existing ancestor."""
+        if path not in devs:
+            cur = path
+            while cur and not os.path.exists(cur) and os.path.dirname(cur) != cur:
+                cur = os.path.dirname(cur)
+            devs[path] = os.stat(cur or "/").st_dev
+        return devs[path]
+
     for c in calls:
         ok = c.ret >= 0
         p = c.paths[0] if c.paths else ""
@@ -110,6 +128,8 @@ def audit(calls: list[Call], journal: str, trace: str, src_root: str,
                 wal_writes.append((c.idx, c.pid))
             else:
                 last_data[p] = c.idx
+        elif c.name == "syncfs" and ok and p:
+            fs_syncs.append((c.idx, dev_of(p)))
         elif c.name in ("fsync", "fdatasync") and ok:
             if p == wal:
                 wal_syncs.append(c.idx)
@@ -130,8 +150,14 @@ def audit(calls: list[Call], journal: str, trace: str, src_root: str,
             creates.append(c)
             last_data.setdefault(p, c.idx)
 
+    def covering(path: str) -> list[int]:
+        """Calls that made ``path``'s data or entries durable: its fsyncs and every
+        syncfs of its filesystem, in order."""
+        d = dev_of(path)
+        return sorted([*syncs.get(path, ()), *(i for i, dv in fs_syncs if dv == d)])
+
     def synced_between(path: str, lo: int, hi: int) -> bool:
-        return any(lo < i < hi for i in syncs.get(path, ()))
+        return any(lo < i < hi for i in covering(path))
 
     def wal_commit_between(lo: int, hi: int) -> bool:
         return any(lo < i < hi for i in wal_syncs)
@@ -167,10 +193,10 @@ def audit(calls: list[Call], journal: str, trace: str, src_root: str,
         d = last_data.get(old)
         if d is None:
             continue  # temp staged by an earlier run (resume): not this run's order
-        fs = [i for i in syncs.get(old, ()) if d <= i < r.idx]
+        fs = [i for i in covering(old) if d <= i < r.idx]
         if not fs:
             bad.append(f"rule 1: {os.path.basename(old)} renamed to {new} without an fsync "
-                       "of the temp after its last write")
+                       "of the temp (or a syncfs of its filesystem) after its last write")
             continue
         # Any STAGED commit that began after the temp's fsync returned and was durable
         # before its marker (not merely the first marker after the fsync: that one may
@@ -198,17 +224,21 @@ def audit(calls: list[Call], journal: str, trace: str, src_root: str,
         if w is None or not synced_between(ddir, r.idx, w):
             bad.append(f"rule 3: directory {ddir} not fsynced between the rename of "
                        f"{os.path.basename(new)} and the PUBLISHED commit")
-    # 4: mkdir's parent fsynced before the next commit on the thread that made it (a
-    # commit another thread makes meanwhile, e.g. STAGED for a file elsewhere on the
-    # driver while a worker creates directories, does not record this directory).
+    # 4: mkdir's parent durable (fsync, or syncfs of its filesystem) before the commit
+    # that records the directory in created_dirs: the WAL write of the commit the next
+    # stage.after_mkdir_commit marker follows (batched: one record per batch).
     for mk in mkdirs:
         x = mk.paths[0]
         parent = os.path.dirname(x)
-        nxt = min((i for i, t in wal_syncs_by if i > mk.idx and t == mk.pid),
-                  default=10**12)
-        if not synced_between(parent, mk.idx, nxt):
+        rec = next(((i, t) for i, n, t in markers
+                    if n == "stage.after_mkdir_commit" and i > mk.idx), None)
+        if rec is None:
+            bad.append(f"rule 4: new directory {x} never recorded in created_dirs")
+            continue
+        lw, _ = commit_before(*rec)
+        if lw is None or not synced_between(parent, mk.idx, lw):
             bad.append(f"rule 4: parent {parent} of new directory {os.path.basename(x)} not "
-                       "fsynced before the next journal commit")
+                       "fsynced (nor its filesystem synced) before the commit recording it")
     # 6: DISPATCHED before temps; RENAMED before source deletes; source dirs fsynced.
     disp = next_marker("dispatch.after_commit", -1)
     for c in creates:

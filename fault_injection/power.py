@@ -13,6 +13,11 @@ caller already told the outside world. Each case:
 4. recover with resume or cancel in a fresh process (which acknowledges and dies the
    same way), cut the power again, remount, and check every invariant.
 
+The children take the batched-durability path (``AXLPY_SYNCFS=on``): FUSE never passes
+``syncfs(2)`` to powerfs, so each real ``syncfs`` of axlpy's is followed by a ``sync`` of
+the daemon (``child._install_powerfs_syncfs``), which is what ``syncfs`` does on a local
+disk. (With the planted per-file bugs armed, axlpy fsyncs each file instead.)
+
 Models: lost page cache and lost directory entries at any instant after a crash point.
 Does not model: torn writes inside one write(2), reordering of writes *within* the
 un-synced state (all of it is dropped at once), lying disks, or power loss in the middle
@@ -26,6 +31,7 @@ import os
 import shutil
 from collections.abc import Iterable
 
+from .child import POWERFS_SYNCFS_ENV
 from .invariants import acked, check
 from .runner import CaseResult, base_env, cleanup, recover, run_child, scratch, trace_counts
 from .scenarios import SCENARIOS, Layout, Manifest, Scenario, build
@@ -62,7 +68,9 @@ class PowerCase:
                          dst_root=os.path.join(backing, "dst"),
                          journal_dir=os.path.join(backing, "journal"))
         _remap(lay, backing, mnt)
-        env = base_env(planted=self.planted)
+        # The batched path on the FUSE mount, its syncfs made real (child.py).
+        env = base_env({"AXLPY_SYNCFS": "on",
+                        POWERFS_SYNCFS_ENV: os.path.join(root, "state")}, self.planted)
         spec = functools.partial(lay.spec, self.scen, self.ttype)
         fs = PowerLossFS(backing, mnt, state=os.path.join(root, "state"))
         probs: list[str] = []

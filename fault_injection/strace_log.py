@@ -127,7 +127,7 @@ def _resolve(c: Call) -> None:
     n = c.name
     try:
         if n in ("write", "pwrite64", "pwritev", "pwritev2", "writev", "fsync", "fdatasync",
-                 "close", "ftruncate"):
+                 "close", "ftruncate", "syncfs"):
             p = _fd_path(a[0])
             c.paths = [p] if p else []
             if n == "write" and len(a) > 1:

@@ -80,6 +80,9 @@ class StageContext:
     workers: int = 1
     #: most files an engine may have open at once (2 fds each; see ``axlpy._fdbudget``)
     max_open_files: int = 64
+    #: batched durability: the driver's ``syncfs`` per batch makes each temp durable, so
+    #: the stager seals a temp without fsyncing it (``docs/design.md``)
+    defer_fsync: bool = False
     #: how to call one operation under the retry policy: ``retry(fn, what)``
     retry: Callable[[Callable[[], int], str], int] = field(
         default=lambda fn, what: fn()

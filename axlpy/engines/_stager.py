@@ -26,7 +26,10 @@ everything that makes a temp trustworthy, so it is written and proven once:
 7. :meth:`~FileStager.finish`: the source is re-checked (not grown, truncated or
    rewritten), the final mode (and with metadata copy owner, xattrs and mtime) applied, the temp
    fsynced (planted bugs ``rename_before_fsync``/``fsync_noop`` skip it; crash point
-   ``stage.after_fsync``), and both fds closed. The result is the file's CRC32C.
+   ``stage.after_fsync``), and both fds closed. The result is the file's CRC32C. On the
+   batched path (``StageContext.defer_fsync``, local filesystems) the temp is closed
+   without an fsync: the driver's one ``syncfs`` per batch covers it before anything
+   is journaled or renamed (``docs/design.md``, "Batched durability").
 
 A file below one chunk (:meth:`~FileStager.fits`) is staged in one step instead,
 :meth:`~FileStager.copy_small`, on the calling thread: open the source, read it whole
@@ -298,9 +301,7 @@ class FileStager:
                 os.ftruncate(self.tmp_fd, size)
             self.written(0, size)
         self.apply_metadata()
-        if not planted("rename_before_fsync"):
-            fsync_fd(self.tmp_fd)
-        crash_point("stage.after_fsync")
+        self.seal()
         self.close()
         return StageResult(task, self.crc, size, size)
 
@@ -457,11 +458,16 @@ class FileStager:
         if self._data is not None:
             os.ftruncate(self.tmp_fd, self.size)  # a trailing hole: the file's full size
         self.apply_metadata()
-        if not planted("rename_before_fsync"):
-            fsync_fd(self.tmp_fd)
-        crash_point("stage.after_fsync")
+        self.seal()
         self.close()
         return StageResult(task, self.crc, self.size, self.size - task.resume_from)
+
+    def seal(self) -> None:
+        """Make the finished temp durable: fsync it, or on the batched path
+        (``StageContext.defer_fsync``) leave that to the batch's ``syncfs``."""
+        if not self.ctx.defer_fsync and not planted("rename_before_fsync"):
+            fsync_fd(self.tmp_fd)
+        crash_point("stage.after_fsync")
 
     def check_source_unchanged(self) -> None:
         """After the copy: the source must not have grown, been truncated or rewritten

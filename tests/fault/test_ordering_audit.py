@@ -108,5 +108,41 @@ def test_commit_on_another_thread_between_mkdir_and_parent_fsync_passes() -> Non
 def test_mkdir_committed_before_its_parent_fsync_is_reported() -> None:
     lines = [*DISPATCHED, *MKDIR, *commit(SYNC, "stage.after_mkdir_commit"),
              *PARENT_FSYNC]
-    assert run(lines) == [f"rule 4: parent {R}/dst of new directory a not fsynced before "
-                          "the next journal commit"]
+    assert run(lines) == [f"rule 4: parent {R}/dst of new directory a not fsynced (nor its "
+                          "filesystem synced) before the commit recording it"]
+
+
+# Batched durability: one syncfs of the temps' filesystem covers every temp written
+# before it (the paths here do not exist: every one resolves to the filesystem of "/").
+SYNCFS = [f"{DRIVER} syncfs(9<{R}/dst>) = 0"]
+WRITE = [f'{DRIVER} pwrite64(7<{TMP}>, "data", 4, 0) = 4']
+
+
+def test_syncfs_before_staged_commit_covers_the_temp() -> None:
+    lines = [*DISPATCHED, *CREATE, *WRITE, *SYNCFS, *commit(DRIVER, "stage.after_commit"),
+             *PUBLISH]
+    assert run(lines) == []
+
+
+def test_rename_before_syncfs_is_reported() -> None:
+    ren, dsync, *pub = PUBLISH
+    lines = [*DISPATCHED, *CREATE, *WRITE, *commit(DRIVER, "stage.after_commit"), ren,
+             dsync, *SYNCFS, *pub]
+    bad = run(lines)
+    assert len(bad) == 1 and bad[0].startswith("rule 1:"), bad
+
+
+def test_syncfs_before_the_last_write_does_not_cover_it() -> None:
+    lines = [*DISPATCHED, *CREATE, *SYNCFS, *WRITE, *commit(DRIVER, "stage.after_commit"),
+             *PUBLISH]
+    bad = run(lines)
+    assert len(bad) == 1 and bad[0].startswith("rule 1:"), bad
+
+
+def test_new_directory_covered_by_syncfs_before_its_record() -> None:
+    mk = [f'{DRIVER} mkdirat(AT_FDCWD<{R}>, "{R}/dst/sub", 0700) = 0']
+    ok = [*DISPATCHED, *mk, *SYNCFS, *commit(DRIVER, "stage.after_mkdir_commit")]
+    assert run(ok) == []
+    late = [*DISPATCHED, *mk, *commit(DRIVER, "stage.after_mkdir_commit"), *SYNCFS]
+    bad = run(late)
+    assert len(bad) == 1 and bad[0].startswith("rule 4:"), bad
