@@ -222,6 +222,6 @@ def test_syncfs_reports_errno(tmp_path):
         gs_mod.syncfs(fd)  # a real call succeeds
     finally:
         os.close(fd)
-    with pytest.raises(OSError) as ei:
+    with pytest.raises(OSError, match="Bad file descriptor") as ei:
         gs_mod.syncfs(fd)  # closed: EBADF from the kernel, not a silent 0
     assert ei.value.errno == errno.EBADF
