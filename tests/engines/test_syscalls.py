@@ -88,8 +88,12 @@ def test_small_file_syscalls(tmp_path: Path, make_tmpfs: Callable[[str], Path]) 
     assert sorted(p.name for p in (mnt / "dst").iterdir()) == sorted(
         p.name for p in src.iterdir())
     # the per-file ones that must be there, once each: nothing skipped to win the count
-    for name in ("renameat", "fsync", "pwritev2", "fchmod"):
+    for name in ("renameat", "pwritev2", "fchmod"):
         assert counts.get(name, 0) >= NFILES, (name, counts)
+    # durable: an fsync per file, or (batched durability on a local filesystem, tmpfs
+    # included: docs/design.md) one syncfs per batch of at most 256 files
+    assert (counts.get("fsync", 0) >= NFILES
+            or counts.get("syncfs", 0) >= -(-NFILES // 256)), counts
     per_file = sum(counts.values()) / NFILES
     top = sorted(counts.items(), key=lambda kv: -kv[1])[:10]
     assert per_file <= MAX_PER_FILE, f"{per_file:.2f} system calls per file: {top}"
