@@ -106,7 +106,7 @@ def find_unfinished(paths: Iterable[str]) -> list[DrainItem]:
                 if row.state in _RESUMABLE:
                     items.append(DrainItem("transfer", path, row.name, row.state.value,
                                            bytes_total=bt))
-                elif row.state is _T.CREATED and j.db.files(row.id):
+                elif row.state is _T.CREATED and j.db.count_files(row.id):
                     items.append(DrainItem("transfer", path, row.name, row.state.value,
                                            bytes_total=bt, result="skipped",
                                            detail="never dispatched: nothing to resume"))

@@ -44,7 +44,7 @@ import struct
 import sys
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -130,6 +130,9 @@ class SourceStat(NamedTuple):
     dev: int
 
 
+#: rows per :meth:`JournalDB.file_batches` list: the rows a dispatch, run or resume holds
+FILE_BATCH = 1024
+
 _FILE_COLS = (
     "id, kind, src, dst, root, rel, tmp, size, mtime_ns, mode, uid, gid, link, crc32c, "
     "state, bytes_done, error, src_ctime_ns, src_ino, src_dev"
@@ -148,13 +151,24 @@ def _blob(v: Any) -> bytes:
     return os.fsencode(v) if isinstance(v, str) else bytes(v)
 
 
+_STATE_OF = {s.value: s for s in FileState}
+
+
 def _file_row(r: Sequence[Any]) -> FileRow:
-    return FileRow(
-        r[0], r[1], _blob(r[2]), _blob(r[3]), _blob(r[4]), _blob(r[5]),
-        _blob(r[6]) if r[6] is not None else None, r[7], r[8], r[9], r[10], r[11],
-        _blob(r[12]) if r[12] is not None else None, r[13], FileState(r[14]), r[15], r[16],
-        r[17], r[18], r[19],
-    )
+    # A resume builds 100k of these before it starts: the common case (BLOB paths, a
+    # known state) without a function call per column.
+    src, dst, root, rel, tmp, link = r[2], r[3], r[4], r[5], r[6], r[12]
+    if type(src) is not bytes or type(dst) is not bytes:
+        src, dst = _blob(src), _blob(dst)
+    if type(root) is not bytes or type(rel) is not bytes:
+        root, rel = _blob(root), _blob(rel)
+    if tmp is not None and type(tmp) is not bytes:
+        tmp = _blob(tmp)
+    if link is not None and type(link) is not bytes:
+        link = _blob(link)
+    state = _STATE_OF.get(r[14]) or FileState(r[14])
+    return FileRow(r[0], r[1], src, dst, root, rel, tmp, r[7], r[8], r[9], r[10], r[11],
+                   link, r[13], state, r[15], r[16], r[17], r[18], r[19])
 
 
 class JournalDB:
@@ -549,26 +563,33 @@ class JournalDB:
         self._event(tid, event, frm=frm.value, to=to.value, detail=detail or error, ts=now)
 
     def dispatch(self, tid: int, *, owner: Owner, name: str,
-                 temps: Iterable[tuple[int, bytes]],
-                 sources: Iterable[SourceStat]) -> None:
+                 prepare: Callable[[list[FileRow]], tuple[Iterable[tuple[int, bytes]],
+                                                           Iterable[SourceStat]]]) -> int:
         """CREATED -> DISPATCHED in one durable transaction, with ``owner`` set, each
-        file's temp basename ``(file_id, tmp)`` and each source's identity as of dispatch
-        (:class:`SourceStat`). Raises JournalError if the transfer is no longer CREATED;
-        then nothing was written."""
+        file's temp basename and each source's identity as of dispatch. The rows are
+        read inside the transaction a batch at a time (:meth:`file_batches`), and
+        ``prepare(batch)`` returns that batch's ``(file_id, tmp)`` pairs and
+        :class:`SourceStat` values: one pass, never all rows in memory. Returns how many
+        rows there were. Raises JournalError if the transfer is no longer CREATED, or
+        what ``prepare`` raises; then nothing was written."""
         check_transition(TransferState.CREATED, TransferState.DISPATCHED, name)
+        n = 0
         with self.transaction():
             self._set_state(tid, TransferState.CREATED, TransferState.DISPATCHED,
                             event="dispatch", detail=None, error=None, owner=owner,
                             name=name)
-            # executemany over the iterables as they come: no list of 100k parameters
-            self.conn.executemany(
-                "UPDATE files SET size = ?, mtime_ns = ?, mode = ?, src_ctime_ns = ?,"
-                " src_ino = ?, src_dev = ? WHERE id = ? AND transfer_id = ?",
-                ((s.size, s.mtime_ns, s.mode, s.ctime_ns, s.ino, s.dev, s.file_id, tid)
-                 for s in sources))
-            self.conn.executemany(
-                "UPDATE files SET tmp = ? WHERE id = ? AND transfer_id = ?",
-                ((tmp, fid, tid) for fid, tmp in temps))
+            for batch in self.file_batches(tid):
+                n += len(batch)
+                temps, sources = prepare(batch)
+                self.conn.executemany(
+                    "UPDATE files SET size = ?, mtime_ns = ?, mode = ?, src_ctime_ns = ?,"
+                    " src_ino = ?, src_dev = ? WHERE id = ? AND transfer_id = ?",
+                    ((s.size, s.mtime_ns, s.mode, s.ctime_ns, s.ino, s.dev, s.file_id, tid)
+                     for s in sources))
+                self.conn.executemany(
+                    "UPDATE files SET tmp = ? WHERE id = ? AND transfer_id = ?",
+                    ((tmp, fid, tid) for fid, tmp in temps))
+        return n
 
     def pause(self, tid: int, detail: str, *, name: str = "") -> bool:
         """DISPATCHED -> PAUSED (the retry policy waits for an operator), durable. Returns
@@ -802,6 +823,58 @@ class JournalDB:
                 (tid, tid))
             return {r[0]: r[1] for r in cur}
 
+    def file_batches(self, tid: int, *, state: FileState | None = None,
+                     kind: str | None = None, batch: int | None = None
+                     ) -> Iterator[list[FileRow]]:
+        """The transfer's rows in id order (only ``state`` / ``kind`` if given), as lists
+        of at most ``batch`` rows: each list is one short query that resumes after the
+        last id seen (no cursor stays open), so the caller may write to the journal
+        between batches, and holds ``batch`` rows, not 100,000 (issue 14.4). A row whose
+        state changes before its batch is read is seen with its new state (or not at all,
+        if ``state`` no longer matches)."""
+        where = "transfer_id = ? AND id > ?"
+        args: list[Any] = [tid]
+        if state is not None:
+            # (transfer_id, state) index: its entries are in id order within a state
+            where = "transfer_id = ? AND state = ? AND id > ?"
+            args.append(state.value)
+        else:
+            # the rowid range, not the (transfer_id, dst) index (that would sort each batch)
+            where = "+transfer_id = ? AND id > ?"
+        if kind is not None:
+            where += " AND kind = ?"
+        q = f"SELECT {_FILE_COLS} FROM files WHERE {where} ORDER BY id LIMIT ?"
+        batch = batch or FILE_BATCH
+        last = -1
+        while True:
+            with self._lock:
+                raw = self.conn.execute(
+                    q, (*args, last, *((kind,) if kind is not None else ()), batch)
+                ).fetchall()
+            if not raw:
+                return
+            last = raw[-1][0]
+            rows = [_file_row(r) for r in raw]
+            del raw
+            yield rows
+            if len(rows) < batch:
+                return
+
+    def distinct_uids(self, tid: int) -> set[int]:
+        """The owners (uid) of the transfer's file and symlink sources."""
+        with self._lock:
+            return {int(r[0]) for r in self.conn.execute(
+                "SELECT DISTINCT uid FROM files WHERE transfer_id = ? AND kind != 'dir'",
+                (tid,))}
+
+    def max_pending_size(self, tid: int) -> tuple[int, int]:
+        """``(count, biggest size)`` of the transfer's PENDING regular files."""
+        with self._lock:
+            r = self.conn.execute(
+                "SELECT COUNT(*), COALESCE(MAX(size), 0) FROM files WHERE transfer_id = ?"
+                " AND state = ? AND kind = 'file'", (tid, FileState.PENDING.value)).fetchone()
+        return int(r[0]), int(r[1])
+
     def iter_files(self, tid: int, states: Iterable[FileState] | None = None,
                    limit: int | None = None, batch: int = 2000) -> Iterator[FileRow]:
         """The transfer's files in id order (only ``states`` if given, at most ``limit``),
@@ -937,6 +1010,15 @@ class JournalDB:
                 (file_id,),
             ).fetchall()
         return [(r[0], r[1], r[2]) for r in rows]
+
+    def files_with_extents(self, file_ids: Sequence[int]) -> set[int]:
+        """Which of ``file_ids`` have journaled extents."""
+        if not file_ids:
+            return set()
+        with self._lock:
+            return {int(r[0]) for r in self.conn.execute(
+                "SELECT DISTINCT file_id FROM extents WHERE file_id IN"
+                f" ({','.join('?' * len(file_ids))})", file_ids)}
 
     def progress(self, tid: int) -> tuple[int, int, int, int]:
         """``(bytes_done, bytes_total, files_done, files_total)`` as journaled."""

@@ -32,7 +32,7 @@ from ._errors import (
     TransferCancelledError,
     UsageError,
 )
-from ._journal import FileRow, JournalDB, TransferRow, file_params
+from ._journal import FileRow, JournalDB, SourceStat, TransferRow, file_params
 from ._lease import HEARTBEAT, Owner
 from ._retry import InterventionController, RetryPolicy, call_persistently
 from ._sources import Limits, walk_source
@@ -415,21 +415,23 @@ class Transfer:
         if row.state is not _T.CREATED:
             raise InvalidTransitionError(f"transfer {self.name!r}", row.state.value,
                                          _T.DISPATCHED.value)
-        files = self.journal.db.files(row.id)
-        if not files:
+        if not self.journal.db.count_files(row.id):
             raise UsageError(f"transfer {self.name!r} has no files; add() some first")
-        # One pass: the rows read here get their dispatch stat and temp name in memory,
-        # are journaled (executemany) and are handed to the run, which does not read them
-        # again.
-        sources = restat_sources(files)
+
+        def prepare(batch: list[FileRow]) -> tuple[Iterator[tuple[int, bytes]],
+                                                    Iterator[SourceStat]]:
+            # Each batch of rows read inside the dispatch transaction gets its dispatch
+            # stat and temp names; the run reads them back a batch at a time, so 100k
+            # rows are never held (issue 14.4).
+            sources = restat_sources(batch)  # stats now, raises BadSourceError now
+            return assign_temps(batch, row.token, row.id), sources
+
         self.journal.db.dispatch(row.id, owner=Owner.me(row.options.lease_timeout),
-                                 name=self.name,
-                                 temps=assign_temps(files, row.token, row.id),
-                                 sources=sources)
+                                 name=self.name, prepare=prepare)
         from ._crashpoints import crash_point
 
         crash_point("dispatch.after_commit")
-        self._start(lambda d: d.run(rows=files))
+        self._start(lambda d: d.run())
 
     def _driver(self) -> Driver:
         row = self._refresh()
@@ -757,7 +759,7 @@ class Transfer:
         row = self._refresh()
         if row.state is _T.CANCELLED:
             return self._cancel_report or CancelReport(self.name)
-        if row.state is _T.CREATED and not self.journal.db.files(row.id):
+        if row.state is _T.CREATED and not self.journal.db.count_files(row.id):
             self.journal.db.set_state(row.id, _T.CREATED, _T.CANCELLED, event="cancel",
                                       name=self.name)
             return CancelReport(self.name)

@@ -34,8 +34,9 @@ is each Python child's ``VmHWM``, and ``/usr/bin/time -f %M`` for ``cp``/``rsync
 The 100k-file tmpfs scenario is followed by a resume measurement: a DEFAULT transfer of
 the same tree is SIGKILLed (``AXLPY_CRASH_AT=stage.after_fsync``) after 95% of its files
 are staged, and a new process resumes it; start-up is the time from ``Journal(path)``
-until resume has verified everything already on disk (3 rounds: each needs a transfer of
-the whole tree first).
+until resume has verified everything already on disk, and "incl. process set-up" the time
+from just before the parent starts that process (3 rounds: each needs a transfer of the
+whole tree first).
 
 Results: ``<out>/bench-<date>.json``, ``.md`` (tables) and ``.png`` (chart); the full run
 writes to ``docs/bench/`` by default.
@@ -480,6 +481,7 @@ def run_resume(sc: Scenario, base: Path, reps: int) -> dict[str, Any]:
         if rc != -9:
             raise RuntimeError(f"the transfer to be resumed was not killed (exit {rc}): "
                                f"{err.strip()[-2000:]}")
+        spawned = time.time()  # the whole process start is counted (issue 14.7)
         rwall, rc, rss, data, err = _child(["resume", "--journal", str(journal)],
                                            env={"AXLPY_PROFILE_JOURNAL": "1"})
         if rc != 0:
@@ -489,7 +491,9 @@ def run_resume(sc: Scenario, base: Path, reps: int) -> dict[str, Any]:
             raise RuntimeError(f"resumed copy is wrong: {got[:2]}")
         r: dict[str, Any] = {
             "killed_after_s": wall, "startup_s": data["t_verified"],
-            "startup_fresh_process_s": data["t_verified"] + data["t_init"],
+            "startup_fresh_process_s": (data["verified_at"] - spawned
+                                        if data.get("verified_at") is not None
+                                        else data["t_verified"] + data["t_init"]),
             "resume_s": data["t_run"], "process_wall": rwall, "rss_kib": rss, "rep": rep,
             "files_done_before": data["files_done_before"],
             **{k: data[k] for k in ("commit_s", "commits") if k in data}}
@@ -515,8 +519,10 @@ def run_resume(sc: Scenario, base: Path, reps: int) -> dict[str, Any]:
                   "and wait(); start-up = Journal(path) until verification of every "
                   "journaled file on disk is done (PUBLISHED files re-read and CRC-checked, "
                   "verify_published=True, the default); a fresh process also pays "
-                  "imports and the engine's set-up (DEFAULT: the io_uring probe) first, "
-                  "shown as 'start-up incl. process set-up'",
+                  "its start (fork/exec, the interpreter), imports and the engine's "
+                  "set-up (DEFAULT: the io_uring probe) first: 'start-up incl. process "
+                  "set-up' is timed from just before the parent starts the resume process "
+                  "to the end of verification",
     }
 
 
@@ -557,7 +563,7 @@ def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
                             "measured": round(r, 3), "met": r >= goal})
     if result.get("resume"):
         v = result["resume"]["startup_fresh_process_median_s"]
-        out.append({"target": "resume start-up (100k files) incl. process set-up < 1.5 s",
+        out.append({"target": "resume start-up (100k files) incl. process start < 1.5 s",
                     "measured": round(v, 3), "met": v < 1.5})
     for name, limit in (("1 x 2 GiB", 150), ("100000 x 4 KiB (tmpfs)", 100)):
         s = by_name.get(name)

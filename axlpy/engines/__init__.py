@@ -13,7 +13,7 @@ type          engine                                 IO queue when none is named
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 
 from .._errors import UsageError
 from ._base import Engine, StageContext, StageResult, StageTask
@@ -97,15 +97,19 @@ def get_engine(type_name: str, *, files: int | None = None, nbytes: int | None =
     return PthreadEngine()
 
 
-def stage_chunk_size(chunk_size: int, tasks: Sequence[StageTask]) -> int:
-    """The IO buffer size for staging ``tasks``: the configured ``chunk_size``, halved
-    while the biggest file (what is left of it) still fits in one buffer, not below
-    :data:`MIN_CHUNK` — so a 3-byte copy allocates pages, not the configured megabytes —
-    with one byte of room past the biggest file (see ``FileStager.copy_small``).
-    Halving keeps it a divisor of ``chunk_size`` (and so of ``extent_size``)."""
+def stage_chunk_size(chunk_size: int, tasks: Iterable[StageTask] | int) -> int:
+    """The IO buffer size for staging ``tasks`` (or files of at most ``tasks`` bytes): the
+    configured ``chunk_size``, halved while the biggest file (what is left of it) still
+    fits in one buffer, not below :data:`MIN_CHUNK` — so a 3-byte copy allocates pages,
+    not the configured megabytes — with one byte of room past the biggest file (see
+    ``FileStager.copy_small``). Halving keeps it a divisor of ``chunk_size`` (and so of
+    ``extent_size``)."""
     # One byte of room past the biggest file, so that it is below one chunk and staged
     # in one step (FileStager.copy_small).
-    need = max((t.row.size - t.resume_from for t in tasks), default=0) + 1
+    if isinstance(tasks, int):
+        need = tasks + 1
+    else:
+        need = max((t.row.size - t.resume_from for t in tasks), default=0) + 1
     size = chunk_size
     while size % 2 == 0 and size // 2 >= max(need, MIN_CHUNK):
         size //= 2

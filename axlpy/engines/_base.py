@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Generator, Iterable, Sequence, Sized
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -25,7 +25,7 @@ from .._journal import FileRow
 from .._staging import DirCache, current_umask
 from ..io import IOQueue
 
-__all__ = ["Engine", "StageContext", "StageResult", "StageTask"]
+__all__ = ["Engine", "StageContext", "StageResult", "StageTask", "nfiles_of"]
 
 
 @dataclass(slots=True)
@@ -83,6 +83,9 @@ class StageContext:
     #: batched durability: the driver's ``syncfs`` per batch makes each temp durable, so
     #: the stager seals a temp without fsyncing it (``docs/design.md``)
     defer_fsync: bool = False
+    #: how many tasks ``stage`` is given, when they come as an iterator (for sizing the
+    #: engine only: an engine stops when the iterator ends, not after this many)
+    files_hint: int | None = None
     #: how to call one operation under the retry policy: ``retry(fn, what)``
     retry: Callable[[Callable[[], int], str], int] = field(
         default=lambda fn, what: fn()
@@ -101,12 +104,25 @@ class Engine(ABC):
 
     @abstractmethod
     def stage(
-        self, tasks: Sequence[StageTask], ctx: StageContext
+        self, tasks: Iterable[StageTask], ctx: StageContext
     ) -> Generator[StageResult, None, None]:
         """Stage every task; yield each result once its temp is durable.
+
+        ``tasks`` may be an iterator (the driver reads them from the journal a batch at a
+        time): an engine takes the next task only when it can start it, so it holds the
+        tasks in flight, not all of them (issue 14.4). The iterator may raise (a journal
+        row refused); that error ends ``stage`` like a failed file.
 
         Stops early (raising :class:`~axlpy.TransferCancelledError`) when ``ctx.cancel``
         is set, within about one chunk. Closing the iterator stops all work and releases
         every thread, fd and buffer it holds.
         """
         raise NotImplementedError  # pragma: no cover
+
+
+def nfiles_of(tasks: Iterable[StageTask], ctx: StageContext) -> int:
+    """How many tasks there are, for sizing an engine: ``len(tasks)`` of a list, else
+    ``ctx.files_hint`` (1 if unknown)."""
+    if isinstance(tasks, Sized):
+        return len(tasks)
+    return ctx.files_hint if ctx.files_hint is not None else 1

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Generator, Sequence
+from collections.abc import Generator, Iterable
 
 from .._errors import TransferCancelledError
 from ..io import IOQueue
@@ -19,7 +19,7 @@ class SyncEngine(Engine):
     background = False
 
     def stage(
-        self, tasks: Sequence[StageTask], ctx: StageContext
+        self, tasks: Iterable[StageTask], ctx: StageContext
     ) -> Generator[StageResult, None, None]:
         # One chunk-sized buffer, reused for every file: memory does not grow with size.
         buf = bytearray(ctx.chunk_size)

@@ -23,15 +23,16 @@ within about one chunk, joins every thread and closes every fd and queue it open
 from __future__ import annotations
 
 import functools
+import itertools
 import os
 import queue as _queue
 import threading
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Generator, Iterable
 from typing import Any
 
-from .._errors import TransferCancelledError, TransferError
+from .._errors import TransferCancelledError
 from ..io import IOQueue
-from ._base import Engine, StageContext, StageResult, StageTask
+from ._base import Engine, StageContext, StageResult, StageTask, nfiles_of
 from ._stager import FileStager, name_file
 
 __all__ = ["PthreadEngine", "default_workers"]
@@ -161,12 +162,14 @@ class PthreadEngine(Engine):
     name = "pthread"
     background = True
 
-    def stage(self, tasks: Sequence[StageTask], ctx: StageContext
+    def stage(self, tasks: Iterable[StageTask], ctx: StageContext
               ) -> Generator[StageResult, None, None]:
-        if not tasks:
+        todo = iter(tasks)  # taken one at a time, in order, under the lock
+        first = next(todo, None)
+        if first is None:
             return
-        nworkers = default_workers(len(tasks), ctx.workers, ctx.max_open_files)
-        todo = list(reversed(tasks))  # pop() from the end = dispatch order
+        nworkers = default_workers(nfiles_of(tasks, ctx), ctx.workers, ctx.max_open_files)
+        todo = itertools.chain((first,), todo)
         lock = threading.Lock()
         stop = threading.Event()
         results: _queue.SimpleQueue[object] = _queue.SimpleQueue()
@@ -176,7 +179,7 @@ class PthreadEngine(Engine):
 
         def next_task() -> StageTask | None:
             with lock:
-                return todo.pop() if todo and not should_stop() else None
+                return None if should_stop() else next(todo, None)
 
         def work(i: int) -> None:
             queues: list[IOQueue] = []
@@ -222,9 +225,10 @@ class PthreadEngine(Engine):
             for t in threads:
                 t.start()
                 started.append(t)
+            # Each worker puts its results, then _DONE when the tasks ran out (or it
+            # stopped): all results are in once every worker is done.
             live = len(started)
-            remaining = len(tasks)
-            while remaining:
+            while live:
                 if ctx.cancel.is_set():
                     raise TransferCancelledError("transfer cancelled while copying")
                 try:
@@ -233,15 +237,13 @@ class PthreadEngine(Engine):
                     continue
                 if item is _DONE:
                     live -= 1
-                    if live == 0 and remaining and not ctx.cancel.is_set():
-                        raise TransferError(  # pragma: no cover - a bug in this engine
-                            f"pthread engine: workers exited with {remaining} file(s) left")
                     continue
                 if isinstance(item, BaseException):
                     raise item
                 assert isinstance(item, StageResult)
-                remaining -= 1
                 yield item
+            if ctx.cancel.is_set():
+                raise TransferCancelledError("transfer cancelled while copying")
         finally:
             stop.set()
             for t in started:

@@ -42,8 +42,7 @@ import functools
 import os
 import queue as _queue
 import threading
-from collections import deque
-from collections.abc import Callable, Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from .._errors import IOBackendError, SourceChangedError, TransferCancelledError
@@ -174,11 +173,13 @@ class UringEngine(Engine):
     def __init__(self, queue_name: str = "uring") -> None:
         self.queue_name = queue_name
 
-    def stage(self, tasks: Sequence[StageTask], ctx: StageContext
+    def stage(self, tasks: Iterable[StageTask], ctx: StageContext
               ) -> Generator[StageResult, None, None]:
-        if not tasks:
+        it = iter(tasks)
+        first = next(it, None)
+        if first is None:
             return
-        run = _Run(tasks, ctx)
+        run = _Run(first, it, ctx)
         try:
             yield from run.loop()
         finally:
@@ -188,10 +189,13 @@ class UringEngine(Engine):
 class _Run:
     """The state of one ``stage()`` call (one background thread)."""
 
-    def __init__(self, tasks: Sequence[StageTask], ctx: StageContext) -> None:
+    def __init__(self, first: StageTask, tasks: Iterator[StageTask],
+                 ctx: StageContext) -> None:
         self.ctx = ctx
-        self.todo: deque[StageTask] = deque(tasks)
-        self.remaining = len(tasks)
+        #: the tasks not opened yet: taken one at a time as files are opened, so only
+        #: the files in flight are held (the driver reads them from the journal lazily)
+        self.tasks: Iterator[StageTask] | None = tasks
+        self.next_task: StageTask | None = first
         self.active: list[_File] = []
         self.done: list[StageResult] = []
         self.retry_q: IOQueue | None = None
@@ -214,12 +218,11 @@ class _Run:
 
     def loop(self) -> Iterator[StageResult]:
         ctx = self.ctx
-        while self.remaining:
+        while self.more() or self.active or self.done:
             if ctx.cancel.is_set():
                 raise TransferCancelledError("transfer cancelled while copying")
             self.fill()
             while self.done:
-                self.remaining -= 1
                 yield self.done.pop(0)
                 if ctx.cancel.is_set():
                     raise TransferCancelledError("transfer cancelled while copying")
@@ -250,7 +253,7 @@ class _Run:
         while self.free:
             f = next((f for f in self.active if f.read_off < f.size), None)
             if f is None:
-                if not self.todo or len(self.active) >= self.max_files:
+                if len(self.active) >= self.max_files or not self.more():
                     break
                 self.open_next()
                 continue
@@ -284,8 +287,18 @@ class _Run:
             for req in exc.dropped:
                 self.complete(Completion(req, -(exc.errno or _errno.EIO)))
 
+    def more(self) -> bool:
+        """Is there a task not opened yet? (Reads the next one from the iterator.)"""
+        if self.next_task is None and self.tasks is not None:
+            self.next_task = next(self.tasks, None)
+            if self.next_task is None:
+                self.tasks = None
+        return self.next_task is not None
+
     def open_next(self) -> None:
-        task = self.todo.popleft()
+        task = self.next_task
+        assert task is not None
+        self.next_task = None
         try:
             st = FileStager(task, self.ctx).open()
         except BaseException as exc:

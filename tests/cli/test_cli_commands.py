@@ -275,8 +275,8 @@ def test_resume_refused_while_owner_alive(jpath, tree, tmp_path):
 
         row = j.db.transfer("mine")
         assert row is not None
-        j.db.dispatch(row.id, owner=Owner.me(), name="mine", sources=[],
-                      temps=assign_temps(j.db.files(row.id), row.token, row.id))
+        j.db.dispatch(row.id, owner=Owner.me(), name="mine",
+                      prepare=lambda batch: (assign_temps(batch, row.token, row.id), []))
     finally:
         j.close()
     r = run_sub(jpath, "resume", "mine")

@@ -79,8 +79,8 @@ def test_pause_is_journaled_once(journal, tmp_path):
     t = journal.create("p", "sync")
     t.add(tmp_path / "s", tmp_path / "d")
     row = journal.db.transfer("p")
-    journal.db.dispatch(row.id, owner=axlpy._journal.Owner.me(), name="p", temps=[],
-                        sources=[])
+    journal.db.dispatch(row.id, owner=axlpy._journal.Owner.me(), name="p",
+                        prepare=lambda batch: ([], []))
     assert journal.db.pause(row.id, "read: EIO", name="p") is True
     assert journal.db.pause(row.id, "read: EIO", name="p") is False  # another worker
     assert t.state is T.PAUSED

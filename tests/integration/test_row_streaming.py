@@ -1,0 +1,106 @@
+"""Dispatch, the run and resume read the journal's file rows a batch at a time (issue
+14.4): the rows alive at once are bounded by the batch and the files in flight, not by
+the number of files in the transfer. Counted through a real journal, real files and a
+real crash (SIGKILL at a crash point in a child process)."""
+
+from __future__ import annotations
+
+import gc
+import os
+import subprocess
+import sys
+
+import pytest
+
+import axlpy
+from axlpy import _driver, _journal
+from axlpy._journal import FileRow
+from tests.conftest import tree_bytes, write_tree
+
+NFILES = 600
+BATCH = 32
+
+
+def _live_rows() -> int:
+    return sum(1 for o in gc.get_objects() if type(o) is FileRow)
+
+
+@pytest.fixture
+def counting(monkeypatch):
+    """Small batches; the most FileRows alive whenever a group is published, the run
+    starts, or a batch of rows is read."""
+    monkeypatch.setattr(_journal, "FILE_BATCH", BATCH, raising=False)
+    peak = {"rows": 0, "samples": 0}
+
+    def sample() -> None:
+        peak["rows"] = max(peak["rows"], _live_rows())
+        peak["samples"] += 1
+
+    publish, run = _driver.Driver._publish, _driver.Driver.run
+    batches = getattr(_journal.JournalDB, "file_batches", None)
+
+    def counted_publish(self, *a, **k):
+        sample()
+        return publish(self, *a, **k)
+
+    def counted_run(self, *a, **k):
+        sample()
+        return run(self, *a, **k)
+
+    def counted_batches(self, *a, **k):
+        for b in batches(self, *a, **k):
+            sample()
+            yield b
+
+    monkeypatch.setattr(_driver.Driver, "_publish", counted_publish)
+    monkeypatch.setattr(_driver.Driver, "run", counted_run)
+    if batches is not None:
+        monkeypatch.setattr(_journal.JournalDB, "file_batches", counted_batches)
+    return peak
+
+
+@pytest.fixture
+def tree(tmp_path):
+    src = tmp_path / "src"
+    write_tree(src, {f"d{i % 7}/f{i:04d}": bytes([i % 251]) * (i % 5 + 1)
+                     for i in range(NFILES)})
+    return src
+
+
+def _bound() -> int:
+    # a batch being read, a batch being staged, one publish group (256) and the STAGED
+    # rows a resume keeps: far below the NFILES rows (+7 directories) of the transfer
+    return 2 * BATCH + 256 + 64
+
+
+@pytest.mark.parametrize("ttype", ["sync", "pthread", "default"])
+def test_dispatch_and_run_hold_a_batch_not_every_row(journal, tree, tmp_path, counting,
+                                                     ttype):
+    t = journal.create("s", ttype)
+    t.add(tree, tmp_path / "dst")
+    t.dispatch()
+    t.wait()
+    assert t.state is axlpy.TransferState.COMPLETED
+    assert tree_bytes(tmp_path / "dst") == tree_bytes(tree)
+    assert counting["rows"] < _bound(), counting
+    assert counting["samples"] > NFILES // BATCH  # the bound was looked at often
+
+
+def test_resume_holds_a_batch_not_every_row(journal_path, tree, tmp_path, counting):
+    dst = tmp_path / "dst"
+    child = ("import sys, axlpy\n"
+             "j = axlpy.Journal(sys.argv[1]); t = j.create('r', 'sync')\n"
+             "t.add(sys.argv[2], sys.argv[3]); t.dispatch()\n")
+    env = dict(os.environ, AXLPY_CRASH_AT="stage.after_commit", AXLPY_CRASH_HIT="2")
+    proc = subprocess.run([sys.executable, "-c", child, str(journal_path), str(tree),
+                           str(dst)], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -9, proc.stderr
+    with axlpy.Journal(journal_path) as j:
+        t = j.open("r")
+        before = t.status()
+        assert 0 < before.files_done < NFILES  # some published, some left
+        t.resume()
+        t.wait()
+        assert t.state is axlpy.TransferState.COMPLETED
+    assert tree_bytes(dst) == tree_bytes(tree)
+    assert counting["rows"] < _bound(), counting
