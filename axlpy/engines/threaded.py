@@ -41,6 +41,8 @@ __all__ = ["PthreadEngine", "default_workers"]
 MAX_WORKERS = 16
 #: how often a waiting generator looks at the cancel flag, seconds
 _POLL = 0.05
+#: most staged results waiting for the consumer (each holds its file's row)
+_MAX_UNTAKEN = 64
 
 
 def default_workers(nfiles: int, requested: int = 0, max_open_files: int | None = None) -> int:
@@ -177,9 +179,20 @@ class PthreadEngine(Engine):
         def should_stop() -> bool:
             return stop.is_set() or ctx.cancel.is_set()
 
+        # Results not yet taken by the consumer are bounded: a worker takes a task only
+        # when fewer than _MAX_UNTAKEN results wait, so a slow consumer (the driver
+        # publishing a group) does not make the rows in memory grow (issue 14.4).
+        untaken = threading.BoundedSemaphore(_MAX_UNTAKEN)
+
         def next_task() -> StageTask | None:
+            while not untaken.acquire(timeout=_POLL):
+                if should_stop():
+                    return None
             with lock:
-                return None if should_stop() else next(todo, None)
+                task = None if should_stop() else next(todo, None)
+            if task is None:
+                untaken.release()
+            return task
 
         def work(i: int) -> None:
             queues: list[IOQueue] = []
@@ -241,6 +254,7 @@ class PthreadEngine(Engine):
                 if isinstance(item, BaseException):
                     raise item
                 assert isinstance(item, StageResult)
+                untaken.release()
                 yield item
             if ctx.cancel.is_set():
                 raise TransferCancelledError("transfer cancelled while copying")

@@ -30,10 +30,14 @@ def counting(monkeypatch):
     """Small batches; the most FileRows alive whenever a group is published, the run
     starts, or a batch of rows is read."""
     monkeypatch.setattr(_journal, "FILE_BATCH", BATCH, raising=False)
+    # Rows left alive by earlier tests in this process (garbage in reference cycles,
+    # e.g. held by a traceback) are not this transfer's: counted once and taken off.
+    gc.collect()
+    before = _live_rows()
     peak = {"rows": 0, "samples": 0}
 
     def sample() -> None:
-        peak["rows"] = max(peak["rows"], _live_rows())
+        peak["rows"] = max(peak["rows"], _live_rows() - before)
         peak["samples"] += 1
 
     publish, run = _driver.Driver._publish, _driver.Driver.run
@@ -68,9 +72,10 @@ def tree(tmp_path):
 
 
 def _bound() -> int:
-    # a batch being read, a batch being staged, one publish group (256) and the STAGED
-    # rows a resume keeps: far below the NFILES rows (+7 directories) of the transfer
-    return 2 * BATCH + 256 + 64
+    # a batch being read, a batch being staged, one publish group (256), the results
+    # an engine may hold for the consumer (PTHREAD: 64) and the STAGED rows a resume
+    # keeps: well below the NFILES rows (+7 directories) of the transfer
+    return 2 * BATCH + 256 + 64 + 64
 
 
 @pytest.mark.parametrize("ttype", ["sync", "pthread", "default"])
