@@ -11,7 +11,8 @@ Judgement: a killed run, or a run that reported a failure (nonzero exit, an erro
 printed), must recover with resume in a fresh process to a correct COMPLETED transfer.
 A run that *succeeded* despite the injected error must be correct, and may not have
 swallowed a failed fsync/fdatasync — except the errors SQLite ignores by design
-(:data:`ALLOWED`).
+(:data:`ALLOWED`). A failed ``syncfs`` (batched durability) may end in success only
+through the per-file fallback: the run must make more fsyncs than the clean baseline.
 """
 
 from __future__ import annotations
@@ -40,8 +41,9 @@ from .strace_log import Call, parse, strace_unavailable_reason
 
 __all__ = ["ALLOWED", "SYSCALLS", "syscall_cases"]
 
-SYSCALLS = ("write", "pwrite64", "pwritev", "pwritev2", "fsync", "fdatasync", "rename",
-            "renameat", "renameat2", "unlink", "unlinkat", "mkdir", "mkdirat", "openat")
+SYSCALLS = ("write", "pwrite64", "pwritev", "pwritev2", "fsync", "fdatasync", "syncfs",
+            "rename", "renameat", "renameat2", "unlink", "unlinkat", "mkdir", "mkdirat",
+            "openat")
 
 #: Errors SQLite ignores by design, so a success after them is not a swallowed failure.
 ALLOWED = {
@@ -106,10 +108,12 @@ def baseline(scen_name: str, syscall: str, planted: str | None) -> tuple[int, tu
     k, after = _main_calls(calls, syscall)
     cleanup(root, True)
     # The child's own acknowledgement (ack file and its directory) and its output to the
-    # harness (stdout/stderr pipes, a terminal) are harness, not axlpy.
+    # harness (stdout/stderr pipes, a terminal) are harness, not axlpy. The harness never
+    # calls syncfs: a syncfs on the scenario root's fd is axlpy's batch sync.
     mine = (lay.ack, lay.root)
-    return k, tuple("<harness>" if c.paths and (c.paths[0] in mine
-                                                or c.paths[0].startswith(_NOT_FILES))
+    return k, tuple("<harness>" if c.paths and c.name != "syncfs" and (
+                        c.paths[0] in mine or c.paths[0].startswith(_NOT_FILES))
+                    else "root" if c.paths and c.paths[0] == lay.root
                     else (os.path.basename(c.paths[0]) if c.paths else "?") for c in after)
 
 
@@ -138,7 +142,9 @@ class SyscallCase:
         how = "signal=SIGKILL" if self.mode == "kill" else f"error={self.mode}"
         inj = f"inject={self.syscall}:{how}:when={self.before + self.pos}"
         spec = functools.partial(lay.spec, self.scen, "sync")
-        rc, calls, out = _strace(["-e", f"trace={self.syscall},access", "-e", inj],
+        # a failed syncfs must be followed by the per-file fsync fallback: trace fsync too
+        extra = ",fsync" if self.syscall == "syncfs" else ""
+        rc, calls, out = _strace(["-e", f"trace={self.syscall},access{extra}", "-e", inj],
                                  spec("start"), env, os.path.join(root, "strace.log"))
         _k, after = _main_calls(calls, self.syscall)
         hit = after[self.pos - 1] if len(after) >= self.pos else None
@@ -159,6 +165,13 @@ class SyscallCase:
                 else:
                     probs.append(f"a failed {hit.name} of {hit.paths} was swallowed: "
                                  "the run reported success")
+            if hit.name == "syncfs" and self.mode != "kill":
+                # the fallback fsyncs each temp (or directory) the syncfs was to cover: a
+                # run with no more fsyncs than the clean baseline swallowed the failure
+                clean = len(baseline(self.scen.name, "fsync", self.planted)[1])
+                if len(_main_calls(calls, "fsync")[1]) <= clean:
+                    probs.append("a failed syncfs was swallowed: no fsync beyond the clean "
+                                 f"run's {clean} followed, and the run reported success")
         else:
             first = "killed" if rc in (-9, 137) else f"failed rc={rc}"
             if rc not in (-9, 137, 3, 4):
@@ -173,7 +186,7 @@ class SyscallCase:
 
 def syscall_cases(*, ci: bool = False, planted: str | None = None,
                   types: Iterable[str] = ("sync",), scen: str = "tree") -> list[object]:
-    """CI: EIO on every fsync/fdatasync and on data writes (pwritev2; every 8th
+    """CI: EIO on every fsync/fdatasync/syncfs and on data writes (pwritev2; every 8th
     pwrite64). Full: every listed syscall, every position (pwrite64 every 4th, openat
     every 2nd), each killed, EIO and ENOSPC."""
     why = strace_unavailable_reason()
@@ -181,7 +194,7 @@ def syscall_cases(*, ci: bool = False, planted: str | None = None,
         r = CaseResult("c:syscall", "syscall sweep", "skipped")
         r.skipped = why
         return [lambda: r]
-    names = ("fsync", "fdatasync", "pwritev", "pwritev2", "write", "pwrite64") if ci \
+    names = ("fsync", "fdatasync", "syncfs", "pwritev", "pwritev2", "write", "pwrite64") if ci \
         else SYSCALLS
     modes = ("EIO",) if ci else ("kill", "EIO", "ENOSPC")
     stride = {"pwrite64": 8 if ci else 4, "openat": 2}
