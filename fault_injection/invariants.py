@@ -173,9 +173,8 @@ def check(lay: Layout, man: Manifest, expect: str, *, mtimes: bool = True,
           links: bool = True) -> list[str]:
     """Invariants after recovery; returns a list of violations (empty: passed).
     ``mtimes=False`` skips the mtime part of the metadata check (powerfs does not model
-    timestamps: a file it restores at a power cut gets a new mtime); ``links=False``
-    skips the hard-link check (powerfs's FUSE mount does not give the names of one
-    inode one inode number; the contents are still checked name by name)."""
+    mtimes: a file it restores at a power cut gets a new mtime); ``links=False``
+    skips the hard-link check (the names of one inode must have one inode number)."""
     bad: list[str] = []
     j = journal_info(lay.journal)
     if expect == "not_created" and not os.path.exists(lay.journal):

@@ -96,7 +96,7 @@ class PowerCase:
             fs.power_cut()
             fs.remount()
             if rec.expect is not None:
-                probs += check(lay, man, rec.expect, mtimes=False, links=False)
+                probs += check(lay, man, rec.expect, mtimes=False)
         except Exception as exc:  # powerfs trouble is a failed case with its log
             probs.append(f"{type(exc).__name__}: {exc}")
         finally:
@@ -113,7 +113,7 @@ def _check_acked(lay: Layout, man: Manifest, when: str) -> list[str]:
     if acked(lay) != "COMPLETED":
         return []
     return [f"acknowledged completion not durable {when}: {p}"
-            for p in check(lay, man, "complete", mtimes=False, links=False)]
+            for p in check(lay, man, "complete", mtimes=False)]
 
 
 def _skip(why: str) -> CaseResult:

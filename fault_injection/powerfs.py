@@ -29,6 +29,8 @@ The durability model (see ``docs/powerfs.md``):
   entry list is the snapshot taken at its last fsync, independently of every other directory.
   fsync of a file never makes its name durable.
 * Everything on disk when the filesystem is mounted counts as durable.
+* An inode keeps its inode number and its ctime across a cut, as on a real filesystem: the
+  ctime of its last durable state (its last fsync, or the mount for an untouched inode).
 """
 
 from __future__ import annotations
@@ -82,7 +84,11 @@ log = logging.getLogger("fault_injection.powerfs")
 # - FUSE never sees sync(2)/syncfs(2) (the kernel sends FUSE_SYNCFS to virtiofs only), so they
 #   make nothing durable here.  O_SYNC/O_DSYNC writes work: the kernel follows each one with an
 #   fsync request (generic_write_sync).
-# - Mode, owner, timestamps and xattrs are passed through but not modelled.
+# - Mode, owner, mtime/atime and xattrs are passed through but not modelled.  Inode numbers
+#   and ctimes are: the mount uses ``use_ino`` and reports a number per inode that survives a
+#   cut, and a ctime that stays that of the inode's last durable state until its next change
+#   (a cut rebuilds the backing tree, which gives the backing files new ctimes and the
+#   fsynced copies new inode numbers; ``_DURABLE_ATTRS`` in the state dir carries both over).
 # - The kernel keeps no dirty pages for us: without the writeback_cache option every write(2)
 #   and every dirtied mmap page is sent to this process before the syscall returns or before
 #   msync/munmap/fsync completes, so "what this process has seen" is "what the disk has seen".
@@ -92,6 +98,8 @@ _DIR_FH_BASE: Final = 1 << 40  # directory handles never collide with backing fi
 _COPY_CHUNK: Final = 1 << 20
 _RENAME_NOREPLACE: Final = 1
 _CONTROL_NAME: Final = "control.sock"
+_DURABLE_ATTRS: Final = "durable-attrs.json"  # {path: [st_ino, st_ctime_ns]} across a cut
+_INO_SHIFT: Final = 1 << 40  # moves a backing inode number off one already reported
 
 Kind = Literal["file", "dir", "symlink"]
 
@@ -110,11 +118,14 @@ class PowerFSError(RuntimeError):
 
 @dataclasses.dataclass
 class _Node:
-    """One inode.  ``ino`` numbers are ours, not the backing filesystem's."""
+    """One inode.  ``ino`` numbers (the keys) are ours; ``st_ino`` is what ``stat`` reports."""
 
     kind: Kind
     mode: int  # permission bits at creation or at the last fsync
     preexisting: bool  # on disk at mount (or sync); its durable content is that content
+    st_ino: int = 0  # reported inode number: kept across cuts (use_ino)
+    ctime: int | None = None  # reported ctime_ns until the next change, else the backing one
+    saved_ctime: int | None = None  # reported ctime_ns at the last fsync (with ``saved``)
     saved: bool = False  # objects/<ino> holds the content of the last fsync
     dirty: bool = False  # data written since the last fsync (for status only)
     links: int = 0  # live directory entries pointing here
@@ -171,6 +182,8 @@ class _PowerOps:
         self._dir_handles: dict[int, int] = {}
         self._next_ino = _ROOT_INO
         self._next_dir_fh = _DIR_FH_BASE
+        self._attrs_file = state / _DURABLE_ATTRS
+        self._taken: set[int] = set()  # reported inode numbers in use
         self._scan()
 
     # -- stalls ------------------------------------------------------------------------------
@@ -212,10 +225,17 @@ class _PowerOps:
         return ino
 
     def _scan(self) -> None:
-        """Everything already in ``backing`` is durable."""
+        """Everything already in ``backing`` is durable.
+
+        Inode numbers and ctimes come from the table the last cut or clean unmount left in the
+        state dir (read once, then removed), else from the backing filesystem.
+        """
+        attrs = self._load_attrs()
+        self._taken.update(ino for ino, _ in attrs.values())
         root_st = os.lstat(self._backing)
         root = self._new_node("dir", root_st.st_mode, preexisting=True)
         self._nodes[root].links = 1
+        self._set_attrs(root, root_st, attrs.get(""))
         by_inode: dict[tuple[int, int], int] = {}
         stack = [(root, self._backing)]
         while stack:
@@ -235,10 +255,63 @@ class _PowerOps:
                     ino = self._new_node("symlink", st.st_mode, preexisting=True, target=target)
                 else:
                     ino = self._new_node("file", st.st_mode, preexisting=True)
+                if key not in by_inode:
+                    rel = os.path.relpath(entry.path, self._backing)
+                    self._set_attrs(ino, st, attrs.get(rel))
                 by_inode[key] = ino
                 self._live[dir_ino][entry.name] = ino
                 self._nodes[ino].links += 1
         self._durable = {d: dict(entries) for d, entries in self._live.items()}
+
+    def _load_attrs(self) -> dict[str, tuple[int, int]]:
+        try:
+            raw = json.loads(self._attrs_file.read_text())
+        except FileNotFoundError:
+            return {}
+        self._attrs_file.unlink()  # valid for this backing tree only: not after a later change
+        return {str(rel): (int(v[0]), int(v[1])) for rel, v in raw.items()}
+
+    def _set_attrs(self, ino: int, st: os.stat_result, kept: tuple[int, int] | None) -> None:
+        """Give a node its reported inode number (and ctime, if kept across a cut)."""
+        node = self._nodes[ino]
+        if kept is not None:
+            node.st_ino, node.ctime = kept
+            return
+        number = st.st_ino
+        while number in self._taken:  # a number kept for another inode: never report it twice
+            number += _INO_SHIFT
+        self._taken.add(number)
+        node.st_ino = number
+
+    def _changed(self, *inos: int) -> None:
+        """These inodes' ctime moves (data, attribute or link change): report the backing one."""
+        for ino in inos:
+            self._nodes[ino].ctime = None
+
+    def _ctime_of(self, ino: int, st: os.stat_result) -> int:
+        kept = self._nodes[ino].ctime
+        return st.st_ctime_ns if kept is None else kept
+
+    def _write_attrs(self, table: dict[str, tuple[int, int]]) -> None:
+        tmp = self._attrs_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps({rel: list(v) for rel, v in table.items()}))
+        os.replace(tmp, self._attrs_file)
+
+    def _live_attrs(self) -> dict[str, tuple[int, int]]:
+        """Every live name's reported inode number and ctime (a clean unmount keeps them)."""
+        table = {"": (self._nodes[_ROOT_INO].st_ino,
+                      self._ctime_of(_ROOT_INO, os.lstat(self._backing)))}
+        stack = [(_ROOT_INO, "")]
+        while stack:
+            dir_ino, prefix = stack.pop()
+            for name, ino in self._live.get(dir_ino, {}).items():
+                rel = f"{prefix}/{name}" if prefix else name
+                with contextlib.suppress(OSError):
+                    st = os.lstat(self._real(rel))
+                    table[rel] = (self._nodes[ino].st_ino, self._ctime_of(ino, st))
+                if self._nodes[ino].kind == "dir":
+                    stack.append((ino, rel))
+        return table
 
     def _checkpoint(self) -> None:
         """Make everything durable, as a sync followed by a clean remount would."""
@@ -286,6 +359,9 @@ class _PowerOps:
         """Copy the current content of ``ino`` to objects/<ino>: it is now durable."""
         node = self._nodes[ino]
         tmp = self._objects / f"{ino}.tmp"
+        with contextlib.suppress(OSError):  # the ctime a cut keeps: the one reported now
+            st = os.fstat(fd) if fd is not None else os.lstat(self._real(path or "/"))
+            node.saved_ctime = self._ctime_of(ino, st)
         if fd is not None:
             try:
                 self._copy_out(fd, tmp)
@@ -328,6 +404,7 @@ class _PowerOps:
     def _before_data_change(self, ino: int, path: str | None) -> None:
         self._preserve(ino, path)
         self._nodes[ino].dirty = True
+        self._changed(ino)
 
     def _drop_link(self, parent: int, name: str, path: str) -> int:
         """Remove a live entry; the caller does the backing operation afterwards."""
@@ -340,12 +417,14 @@ class _PowerOps:
         """Drop a live entry; ``removed`` when the inode goes too (not when it is renamed)."""
         ino = self._live[parent].pop(name)
         self._nodes[ino].links -= 1
+        self._changed(ino, parent)
         if removed and self._nodes[ino].kind == "dir":
             del self._live[ino]  # rmdir'ed or replaced, so empty; its durable snapshot stays
 
     def _add_link(self, parent: int, name: str, ino: int) -> None:
         self._live[parent][name] = ino
         self._nodes[ino].links += 1
+        self._changed(ino, parent)
 
     def _pending(self) -> dict[str, int]:
         dirty_dirs = sum(
@@ -368,16 +447,36 @@ class _PowerOps:
                     stack.append((ino, rel))
         return paths
 
-    def _materialize(self, dest: Path) -> None:
-        """Build the durable tree in ``dest`` (an empty directory)."""
+    def _durable_ctime(self, ino: int, live_path: str | None) -> int | None:
+        """The ctime a cut keeps: at the last fsync, else the one reported now."""
+        node = self._nodes[ino]
+        if node.saved:
+            return node.saved_ctime
+        if live_path is None:
+            return node.ctime
+        try:
+            return self._ctime_of(ino, os.lstat(self._real(live_path)))
+        except OSError:
+            return node.ctime
+
+    def _materialize(self, dest: Path) -> dict[str, tuple[int, int]]:
+        """Build the durable tree in ``dest`` (an empty directory); return each name's kept
+        inode number and ctime (relative path: ``st_ino``, ``st_ctime_ns``)."""
         live_paths = self._live_paths()
         placed: dict[int, Path] = {}
         seen_dirs = {_ROOT_INO}
+        table: dict[str, tuple[int, int]] = {}
+        root_ctime = self._durable_ctime(_ROOT_INO, "")
+        if root_ctime is not None:
+            table[""] = (self._nodes[_ROOT_INO].st_ino, root_ctime)
 
         def build(dir_ino: int, dir_path: Path) -> None:
             for name, ino in sorted(self._durable.get(dir_ino, {}).items()):
                 node = self._nodes[ino]
                 target = dir_path / name
+                ctime = self._durable_ctime(ino, live_paths.get(ino))
+                if ctime is not None and not (node.kind == "dir" and ino in seen_dirs):
+                    table[str(target.relative_to(dest))] = (node.st_ino, ctime)
                 if node.kind == "dir":
                     # After a cross-directory rename with only one side fsynced a directory can
                     # have two durable names; a directory cannot be hard-linked, so the first
@@ -405,6 +504,7 @@ class _PowerOps:
                     placed[ino] = target
 
         build(_ROOT_INO, dest)
+        return table
 
     def cut_power(self) -> dict[str, int]:
         """Drop everything not durable and leave only durable state in the backing dir."""
@@ -417,7 +517,7 @@ class _PowerOps:
             self._handles.clear()
             shutil.rmtree(self._rebuild, ignore_errors=True)
             self._rebuild.mkdir()
-            self._materialize(self._rebuild)
+            table = self._materialize(self._rebuild)
             for entry in os.scandir(self._backing):
                 if entry.is_dir(follow_symlinks=False):
                     shutil.rmtree(entry.path)
@@ -425,6 +525,7 @@ class _PowerOps:
                     os.unlink(entry.path)
             for entry in os.scandir(self._rebuild):
                 shutil.move(entry.path, os.path.join(self._backing, entry.name))
+            self._write_attrs(table)  # before the answer: the next mount reads it
             return pending
 
     def sync_all(self) -> dict[str, int]:
@@ -441,6 +542,9 @@ class _PowerOps:
 
     def cleanup(self) -> None:
         with self.mutex:
+            if not self.dead:  # a clean unmount keeps inode numbers and ctimes too
+                with contextlib.suppress(OSError):
+                    self._write_attrs(self._live_attrs())
             for handle in self._handles.values():
                 with contextlib.suppress(OSError):
                     os.close(handle.fd)
@@ -453,15 +557,16 @@ class _PowerOps:
     @_op
     def getattr(self, path: str | None, fh: int | None = None) -> dict[str, Any]:
         if fh is not None and fh in self._handles:
+            ino = self._handles[fh].ino
             st = os.fstat(self._handles[fh].fd)
         elif path is not None:
-            self._lookup(path)  # the model, not the backing dir, decides what exists
+            ino = self._lookup(path)  # the model, not the backing dir, decides what exists
             st = os.lstat(self._real(path))
         else:
             raise OSError(errno.EBADF, "powerfs: no path and no open handle")
         return {
             "st_mode": st.st_mode,
-            "st_ino": st.st_ino,
+            "st_ino": self._nodes[ino].st_ino,
             "st_nlink": st.st_nlink,
             "st_uid": st.st_uid,
             "st_gid": st.st_gid,
@@ -470,7 +575,7 @@ class _PowerOps:
             "st_blksize": st.st_blksize,
             "st_atime": st.st_atime_ns,
             "st_mtime": st.st_mtime_ns,
-            "st_ctime": st.st_ctime_ns,
+            "st_ctime": self._ctime_of(ino, st),
         }
 
     @_op
@@ -489,12 +594,14 @@ class _PowerOps:
     def chmod(self, path: str | None, mode: int) -> int:
         if path is not None:
             os.chmod(self._real(path), stat.S_IMODE(mode))
+            self._changed(self._lookup(path))
         return 0
 
     @_op
     def chown(self, path: str | None, uid: int, gid: int) -> int:
         if path is not None:
             os.lchown(self._real(path), uid, gid)
+            self._changed(self._lookup(path))
         return 0
 
     @_op
@@ -504,6 +611,7 @@ class _PowerOps:
                 os.utime(self._real(path), follow_symlinks=False)
             else:
                 os.utime(self._real(path), ns=(int(times[0]), int(times[1])), follow_symlinks=False)
+            self._changed(self._lookup(path))
         return 0
 
     # -- FUSE callbacks: namespace (durable after fsync of the parent directory) ---------------
@@ -512,7 +620,9 @@ class _PowerOps:
     def mkdir(self, path: str, mode: int) -> int:
         parent, name = self._parent(path)
         os.mkdir(self._real(path), stat.S_IMODE(mode))
-        self._add_link(parent, name, self._new_node("dir", mode, preexisting=False))
+        ino = self._new_node("dir", mode, preexisting=False)
+        self._set_attrs(ino, os.lstat(self._real(path)), None)
+        self._add_link(parent, name, ino)
         return 0
 
     @_op
@@ -540,6 +650,7 @@ class _PowerOps:
         parent, name = self._parent(target)
         os.symlink(source, self._real(target))
         ino = self._new_node("symlink", 0o777, preexisting=False, target=source)
+        self._set_attrs(ino, os.lstat(self._real(target)), None)
         self._add_link(parent, name, ino)
         return 0
 
@@ -598,7 +709,8 @@ class _PowerOps:
         entries = [(".", {"st_mode": stat.S_IFDIR}, 0), ("..", {"st_mode": stat.S_IFDIR}, 0)]
         kind_bits = {"file": stat.S_IFREG, "dir": stat.S_IFDIR, "symlink": stat.S_IFLNK}
         for name, child in sorted(self._live.get(ino, {}).items()):
-            entries.append((name, {"st_mode": kind_bits[self._nodes[child].kind]}, 0))
+            node = self._nodes[child]
+            entries.append((name, {"st_mode": kind_bits[node.kind], "st_ino": node.st_ino}, 0))
         return entries
 
     @_op
@@ -641,6 +753,7 @@ class _PowerOps:
         fd = self._open_backing(self._real(path), flags | os.O_CREAT, stat.S_IMODE(mode))
         if existing is None:
             existing = self._new_node("file", mode, preexisting=False)
+            self._set_attrs(existing, os.fstat(fd), None)
             self._add_link(parent, name, existing)
         self._handles[fd] = _Handle(fd, existing)
         return fd
@@ -868,6 +981,7 @@ def serve(
             fsname="powerfs",
             subtype="powerfs",
             hard_remove=True,  # unlink really unlinks; no .fuse_hidden renames in our model
+            use_ino=True,  # report our st_ino, which survives a power cut, not the node ids
             default_permissions=True,
         )
     finally:

@@ -199,6 +199,38 @@ def test_full_publish_sequence_survives(fs: PowerLossFS, backing: Path, mnt: Pat
     assert (mnt / "out" / "latest").read_bytes() == b"payload"
 
 
+def test_inode_numbers_and_ctimes_survive_a_cut(fs: PowerLossFS, mnt: Path) -> None:
+    """As on a real disk: an inode keeps its number across a cut (hard links share it), and the
+    ctime of its last durable state until its next change (axlpy's resume checks both)."""
+    write(mnt / "kept", b"kept", fsync=True)
+    os.link(mnt / "kept", mnt / "kept.hard")
+    write(mnt / "synced", b"synced", fsync=True)
+    fsync_dir(mnt)
+    fs.power_cut()
+    fs.remount()  # now "kept" is untouched at mount, as a move's source is
+    kept = os.stat(mnt / "kept")
+    synced = os.stat(mnt / "synced")
+    write(mnt / "synced", b" and lost", fsync=False, flags=os.O_APPEND)
+    assert os.stat(mnt / "synced").st_ctime_ns != synced.st_ctime_ns
+    for _ in range(2):  # and again: what a cut keeps, the next cut keeps too
+        fs.power_cut()
+        fs.remount()
+        now = os.stat(mnt / "kept")
+        assert (now.st_dev, now.st_ino, now.st_ctime_ns) == (
+            kept.st_dev, kept.st_ino, kept.st_ctime_ns)
+        assert os.stat(mnt / "kept.hard").st_ino == kept.st_ino
+        assert (mnt / "synced").read_bytes() == b"synced"
+        again = os.stat(mnt / "synced")
+        assert (again.st_ino, again.st_ctime_ns) == (synced.st_ino, synced.st_ctime_ns)
+        assert {e.name: e.inode() for e in os.scandir(mnt)} == {
+            "kept": kept.st_ino, "kept.hard": kept.st_ino, "synced": synced.st_ino}
+    os.chmod(mnt / "kept", 0o600)  # a change in the new mount moves the ctime on
+    changed = os.stat(mnt / "kept")
+    assert changed.st_ino == kept.st_ino and changed.st_ctime_ns > kept.st_ctime_ns
+    write(mnt / "new", b"new", fsync=True)
+    assert os.stat(mnt / "new").st_ino not in (kept.st_ino, synced.st_ino)
+
+
 # -- 4. rename over an old file ----------------------------------------------------------------
 
 
