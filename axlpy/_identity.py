@@ -4,8 +4,9 @@ tells that it changed.
 Size and mtime alone are no identity: anyone who can write a file can put its mtime
 back (``touch -d``, ``utime(2)``). A file's ``st_ctime_ns`` is set by the kernel on every
 change of its data or inode and cannot be set by a user; ``st_ino``/``st_dev`` tell a
-file replaced by a rename (or another filesystem mounted over it). So dispatch records
-all five; the stager compares them when it opens a source and when it has read the last
+file replaced by a rename (or another filesystem mounted over it) — a device number
+alone may change across a remount, so it counts only together with another difference.
+So dispatch records all five; the stager compares them when it opens a source and when it has read the last
 byte, resume compares them before it trusts anything, and move mode before it deletes a
 source. A file whose ctime did not move although its data did (a coarse-timestamp
 filesystem, a change within one clock tick of dispatch, a journal written before
@@ -38,7 +39,12 @@ def changes(row: FileRow, st: os.stat_result) -> list[tuple[str, str]]:
         out.append(("mtime", f"mtime_ns {row.mtime_ns} -> {st.st_mtime_ns}"))
     if row.ctime_ns is not None and st.st_ctime_ns != row.ctime_ns:
         out.append(("ctime", f"ctime_ns {row.ctime_ns} -> {st.st_ctime_ns}"))
-    if row.ino is not None and (st.st_dev, st.st_ino) != (row.dev, row.ino):
+    # A device number alone may change across a remount or reboot (anonymous devices:
+    # NFS, btrfs, FUSE; renumbered block devices): with the same inode number and the
+    # same ctime to the nanosecond it is the same file, mounted again.
+    remounted = st.st_dev != row.dev and st.st_ctime_ns == row.ctime_ns
+    if row.ino is not None and (st.st_ino != row.ino
+                                or (st.st_dev != row.dev and not remounted)):
         out.append(("inode", f"device/inode {row.dev}/{row.ino} -> "
                               f"{st.st_dev}/{st.st_ino}"))
     return out
