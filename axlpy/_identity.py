@@ -1,17 +1,18 @@
-"""Source identity: what dispatch records of each source file, and how a later check
-tells that it changed.
+"""Source identity: what dispatch records of each source file, and how a later check tells
+that it changed.
 
-Size and mtime alone are no identity: anyone who can write a file can put its mtime
-back (``touch -d``, ``utime(2)``). A file's ``st_ctime_ns`` is set by the kernel on every
+Size and mtime alone are no identity: anyone who can write a file can put its mtime back
+(``touch -d``, ``utime(2)``). A file's ``st_ctime_ns`` is set by the kernel on every
 change of its data or inode and cannot be set by a user; ``st_ino``/``st_dev`` tell a
 file replaced by a rename (or another filesystem mounted over it) — a device number
 alone may change across a remount, so it counts only together with another difference.
-So dispatch records all five; the stager compares them when it opens a source and when it has read the last
-byte, resume compares them before it trusts anything, and move mode before it deletes a
-source. A file whose ctime did not move although its data did (a coarse-timestamp
-filesystem, a change within one clock tick of dispatch, a journal written before
-identity was recorded) is still caught on resume by re-reading the source extents the
-journal vouches for (``Driver.recover``). Nothing here touches disk beyond ``stat``.
+So dispatch records all five; the stager compares them when it opens a source and when
+it has read the last byte, resume compares them before it trusts anything, and move mode
+before it deletes a source. A file whose ctime did not move although its data did (a
+coarse-timestamp filesystem, a change within one clock tick of dispatch, a journal
+written before identity was recorded) is still caught on resume by re-reading the source
+extents the journal vouches for (``Driver.recover``). Nothing here touches disk beyond
+``stat``.
 """
 
 from __future__ import annotations

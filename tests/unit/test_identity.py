@@ -16,8 +16,8 @@ from axlpy._identity import changes
 
 
 def _row(st: os.stat_result, **over: Any) -> Any:
-    fields = dict(src=b"f", size=st.st_size, mtime_ns=st.st_mtime_ns,
-                  ctime_ns=st.st_ctime_ns, ino=st.st_ino, dev=st.st_dev)
+    fields: dict[str, Any] = {"src": b"f", "size": st.st_size, "mtime_ns": st.st_mtime_ns,
+                              "ctime_ns": st.st_ctime_ns, "ino": st.st_ino, "dev": st.st_dev}
     fields.update(over)
     return SimpleNamespace(**fields)
 
