@@ -43,6 +43,8 @@ CRASH_POINTS: dict[str, str] = {
     "stage.after_admission_commit": "the run's admission counters (an event) are durable",
     "link.after_temp": "a later name of a hard-link group linked to its temp (to the "
                        "published first name), not journaled",
+    "publish.after_exchange": "one temp exchanged with the entry its final name held "
+                              "(that entry now under the temp name, not yet removed)",
     "publish.after_rename": "one temp renamed over its final name, directory not fsynced",
     "publish.after_dir_fsync": "directories of a renamed batch fsynced",
     "publish.after_commit": "a batch of files PUBLISHED is durable",

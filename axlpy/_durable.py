@@ -29,6 +29,8 @@ temp; :func:`unlink_verified` has removed the entry or not, never anything else;
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import stat
@@ -37,8 +39,20 @@ from dataclasses import dataclass
 from typing import Any
 
 from ._checksum import crc32c, file_crc32c
+from ._crashpoints import crash_point
 from ._errors import SecurityError
-from ._staging import check_staged, create_temp, fsync_dir, fsync_fd, same_entry, unlink_quiet
+from ._staging import (
+    RENAME2_UNSUPPORTED,
+    RENAME_EXCHANGE,
+    RENAME_NOREPLACE,
+    check_staged,
+    create_temp,
+    fsync_dir,
+    fsync_fd,
+    rename2,
+    same_entry,
+    unlink_quiet,
+)
 
 __all__ = [
     "Expected",
@@ -204,18 +218,79 @@ def rename_verified(dir_fd: int, tmp: bytes, name: bytes, *, kind: str, size: in
     and check that ``name`` then holds that very inode. The directory is not fsynced:
     the caller fsyncs each directory once per batch of renames.
 
+    The check and the rename are two calls: whoever can write the directory may swap the
+    temp between them. So the entry ``name`` held is never destroyed before the check
+    after the rename says the swap is ours (``docs/design.md``, "The order of writes"):
+    ``RENAME_NOREPLACE`` where nothing is there; where something is, ``RENAME_EXCHANGE``
+    (the old entry goes under ``tmp``), and only once ``name`` is our inode is the old
+    entry unlinked — else the two are exchanged back. Where the filesystem takes neither
+    flag (EINVAL: NFS, many FUSE filesystems) a plain ``rename``, as before.
+
     Raises :class:`~axlpy.SecurityError` if something else took the temp's place (nothing
-    renamed), or was swapped in between the check and the rename (what then held the
-    final name was removed, so no foreign file stays under it); OSError if the rename
-    fails (nothing renamed).
+    renamed), or was swapped in between the check and the rename (the foreign entry is
+    removed from the final name, and what the final name held before is there again);
+    OSError if the rename fails (nothing renamed; e.g. IsADirectoryError: ``name`` is a
+    directory). If the process dies between the exchange and the unlink, ``name`` holds
+    the staged file and ``tmp`` what ``name`` held before (resume and cancel remove it
+    like any temp of ours).
     """
     st = check_staged(dir_fd, tmp, kind=kind, size=size, link=link, owners=owners)
-    os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-    if not same_entry(dir_fd, name, st):
+    old = _rename_keeping_old(dir_fd, tmp, name)
+    if old is None:  # nothing was under name, or a plain rename replaced it
+        if same_entry(dir_fd, name, st):
+            return
         unlink_quiet(dir_fd, name)
         raise SecurityError(
             f"temp {os.fsdecode(tmp)!r} was replaced by someone else while being "
             "published; the foreign file was removed from the final name")
+    if same_entry(dir_fd, name, st):
+        crash_point("publish.after_exchange")
+        unlink_quiet(dir_fd, tmp)  # what name held before (its data goes, as in a rename)
+        return
+    # A foreign entry was exchanged into name: put the old one back, drop the foreign one.
+    with contextlib.suppress(OSError):  # tmp gone meanwhile: name is cleared below
+        rename2(dir_fd, tmp, name, RENAME_EXCHANGE)
+    kept = same_entry(dir_fd, name, old)
+    if not kept:  # swapped again meanwhile: a foreign entry never stays under name
+        unlink_quiet(dir_fd, name)
+    with contextlib.suppress(OSError):
+        unlink_quiet(dir_fd, tmp)
+    raise SecurityError(
+        f"temp {os.fsdecode(tmp)!r} was replaced by someone else while being published; "
+        + ("the final name holds what it held before" if kept else
+           "the foreign file was removed from the final name"))
+
+
+def _rename_keeping_old(dir_fd: int, tmp: bytes, name: bytes) -> os.stat_result | None:
+    """Rename ``tmp`` to ``name``; if ``name`` held an entry other than a directory,
+    exchange the two instead and return that entry's stat (it is under ``tmp`` now).
+    None: nothing was under ``name``, or the filesystem takes no ``renameat2`` flags and a
+    plain ``rename`` replaced it. Raises OSError as ``rename`` would (nothing renamed)."""
+    try:
+        rename2(dir_fd, tmp, name, RENAME_NOREPLACE)
+        return None
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        if exc.errno not in RENAME2_UNSUPPORTED:
+            raise
+        os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        return None
+    try:
+        old = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        old = None  # removed meanwhile: nothing to keep
+    if old is not None and not stat.S_ISDIR(old.st_mode):
+        try:
+            rename2(dir_fd, tmp, name, RENAME_EXCHANGE)
+            return old
+        except OSError as exc:
+            if exc.errno not in RENAME2_UNSUPPORTED and exc.errno != errno.ENOENT:
+                raise
+    # A directory (the rename fails, EISDIR, as it always did), an entry gone meanwhile,
+    # or a filesystem without RENAME_EXCHANGE: a plain rename.
+    os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    return None
 
 
 def sealed_crc(body: Mapping[str, Any]) -> int:

@@ -10,6 +10,12 @@ Some facts about rename(2) and directory fsync, which this module is built on:
   fsync of the file makes its data durable, not its name.
 - fsync of the temp file must come before the rename, or a power loss can leave the
   final name pointing at a file whose data never reached the disk (zero length, or holes).
+- ``renameat2(2)`` with ``RENAME_NOREPLACE`` fails (EEXIST) instead of replacing an
+  entry; with ``RENAME_EXCHANGE`` it swaps two entries atomically, so the entry a rename
+  would have destroyed is still there (under the other name) until it is unlinked. Both
+  need Linux >= 3.15 (tmpfs 3.17) and a filesystem that takes them (ext4, xfs, btrfs,
+  tmpfs do; NFS and many FUSE filesystems answer EINVAL). Python's :mod:`os` has no
+  ``renameat2``: it is called through libc (ctypes), errno checked.
 - Every path operation here is relative to a directory file descriptor, opened per
   destination directory (again if the fd budget closed it meanwhile) and walked with
   O_NOFOLLOW below the root the user named, so a directory swapped for a symlink after
@@ -21,6 +27,7 @@ Nothing here touches the journal: the caller commits before and after each step.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno as _errno
 import os
 import re
@@ -35,6 +42,8 @@ from ._errors import SecurityError
 from ._planted import planted
 
 __all__ = [
+    "RENAME_EXCHANGE",
+    "RENAME_NOREPLACE",
     "TEMP_PATTERN",
     "DirCache",
     "check_staged",
@@ -42,6 +51,7 @@ __all__ = [
     "current_umask",
     "fsync_dir",
     "fsync_fd",
+    "rename2",
     "same_entry",
     "temp_name",
 ]
@@ -76,6 +86,43 @@ def fsync_dir(dir_fd: int) -> None:
     if planted("no_dir_fsync"):
         return
     os.fsync(dir_fd)
+
+
+#: ``renameat2`` flags (``linux/fs.h``)
+RENAME_NOREPLACE = 1
+RENAME_EXCHANGE = 2
+#: errnos meaning "this kernel or filesystem does not take renameat2 flags"
+RENAME2_UNSUPPORTED = frozenset({_errno.EINVAL, _errno.ENOSYS, _errno.EOPNOTSUPP})
+_renameat2: Callable[..., int] | None = None
+
+
+def _no_renameat2(*_: object) -> int:
+    ctypes.set_errno(_errno.ENOSYS)
+    return -1
+
+
+def _load_renameat2() -> Callable[..., int]:
+    global _renameat2
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).renameat2  # the process's own libc
+    except AttributeError:  # a libc without it (glibc < 2.28): as if unsupported
+        _renameat2 = _no_renameat2
+        return _no_renameat2
+    fn.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
+                   ctypes.c_uint)
+    fn.restype = ctypes.c_int
+    _renameat2 = fn
+    return fn
+
+
+def rename2(dir_fd: int, old: bytes, new: bytes, flags: int) -> None:
+    """``renameat2(dir_fd, old, dir_fd, new, flags)``. Raises OSError with the kernel's
+    errno: FileExistsError for ``RENAME_NOREPLACE`` onto an existing ``new``, an errno in
+    :data:`RENAME2_UNSUPPORTED` where the kernel or filesystem does not take ``flags``."""
+    fn = _renameat2 or _load_renameat2()
+    if fn(dir_fd, old, dir_fd, new, flags) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), os.fsdecode(old), None, os.fsdecode(new))
 
 
 def create_temp(dir_fd: int, name: bytes, *, replace_stale: bool = True) -> int:

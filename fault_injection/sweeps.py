@@ -237,6 +237,9 @@ COVERED_BY_TESTS: dict[str, str] = {
     "migrate.before_commit": "tests/unit/test_migrations.py (schema-1 fixture)",
     "migrate.after_commit": "tests/unit/test_migrations.py (schema-1 fixture)",
     "marker.after_temp_fsync": "tests/mpi/test_mpi.py (killed commit, then gc / next commit)",
+    "publish.after_exchange": "tests/security/test_sec_races.py (an existing final name: "
+                              "killed between the exchange and the unlink, then resume / "
+                              "cancel)",
 }
 
 _CP_RE = re.compile(r"crash_point\(\s*[\"']([^\"']+)[\"']\s*\)")

@@ -4,6 +4,7 @@ unlink — on real files, and through the callers that use them (cancel)."""
 from __future__ import annotations
 
 import ast
+import errno
 import os
 import subprocess
 import sys
@@ -14,8 +15,9 @@ from pathlib import Path
 import pytest
 
 import axlpy
+from axlpy import _durable
 from axlpy._checksum import crc32c
-from axlpy._durable import Expected, publish_atomic, unlink_verified
+from axlpy._durable import Expected, publish_atomic, rename_verified, unlink_verified
 from axlpy._state import TransferState as T
 
 
@@ -101,6 +103,102 @@ def test_publish_atomic_failure_keeps_old_entry(tmp_path: Path, d: int) -> None:
         publish_atomic(d, b"m", b"data", b".m.tmp")  # cannot rename a file over a dir
     assert (tmp_path / "m" / "inside").read_bytes() == b"keep"
     assert sorted(os.listdir(tmp_path)) == ["m"]  # the temp was removed
+
+
+def _staged(tmp_path: Path, data: bytes = b"new bytes") -> dict[str, object]:
+    (tmp_path / ".t").write_bytes(data)
+    return {"kind": "file", "size": len(data), "link": None, "owners": (os.geteuid(),)}
+
+
+@pytest.mark.parametrize("old", [None, b"old", "symlink"])
+def test_rename_verified_publishes_and_leaves_no_temp(tmp_path: Path, d: int,
+                                                      old: bytes | str | None) -> None:
+    if old == "symlink":
+        os.symlink("elsewhere", tmp_path / "f")
+    elif old is not None:
+        (tmp_path / "f").write_bytes(old)
+    rename_verified(d, b".t", b"f", **_staged(tmp_path))  # type: ignore[arg-type]
+    assert (tmp_path / "f").read_bytes() == b"new bytes"
+    assert sorted(os.listdir(tmp_path)) == ["f"]
+
+
+def test_rename_verified_over_a_directory_fails_and_keeps_both(tmp_path: Path,
+                                                                 d: int) -> None:
+    (tmp_path / "f").mkdir()
+    (tmp_path / "f" / "inside").write_bytes(b"keep")
+    with pytest.raises(IsADirectoryError):
+        rename_verified(d, b".t", b"f", **_staged(tmp_path))  # type: ignore[arg-type]
+    assert (tmp_path / "f" / "inside").read_bytes() == b"keep"
+    assert (tmp_path / ".t").read_bytes() == b"new bytes"  # the temp stays (resume)
+
+
+def _swap_after_check(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The attacker's turn comes between the pre-rename check and the rename."""
+    real = _durable.check_staged
+
+    def check_then_swap(dir_fd: int, tmp: bytes, **kw: object) -> os.stat_result:
+        st = real(dir_fd, tmp, **kw)  # type: ignore[arg-type]
+        os.symlink("/etc/passwd", tmp_path / ".evil")
+        os.rename(tmp_path / ".evil", tmp_path / os.fsdecode(tmp))
+        return st
+
+    monkeypatch.setattr(_durable, "check_staged", check_then_swap)
+
+
+def test_rename_verified_swapped_after_check_keeps_the_previous_file(
+        tmp_path: Path, d: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "f").write_bytes(b"previous copy")
+    _swap_after_check(monkeypatch, tmp_path)
+    with pytest.raises(axlpy.SecurityError, match="holds what it held before"):
+        rename_verified(d, b".t", b"f", **_staged(tmp_path))  # type: ignore[arg-type]
+    assert (tmp_path / "f").read_bytes() == b"previous copy"
+    assert not (tmp_path / "f").is_symlink()
+    assert sorted(os.listdir(tmp_path)) == ["f"]  # the foreign symlink is gone
+
+
+def test_rename_verified_swapped_after_check_leaves_a_new_name_empty(
+        tmp_path: Path, d: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    _swap_after_check(monkeypatch, tmp_path)
+    with pytest.raises(axlpy.SecurityError, match="foreign file was removed"):
+        rename_verified(d, b".t", b"f", **_staged(tmp_path))  # type: ignore[arg-type]
+    assert os.listdir(tmp_path) == []
+
+
+def test_rename_verified_swapped_twice_never_keeps_a_foreign_entry(
+        tmp_path: Path, d: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The attacker also wins the turn between the exchange and the exchange back: the
+    final name's previous file is then lost (the attacker replaced it under the temp
+    name), but the final name never keeps the attacker's entry."""
+    (tmp_path / "f").write_bytes(b"previous copy")
+    _swap_after_check(monkeypatch, tmp_path)
+    real = _durable.rename2
+    calls: list[int] = []
+
+    def rename2(dir_fd: int, old: bytes, new: bytes, flags: int) -> None:
+        calls.append(flags)
+        if len(calls) == 3:  # NOREPLACE, EXCHANGE, now the exchange back
+            os.symlink("/etc/shadow", tmp_path / ".evil2")
+            os.rename(tmp_path / ".evil2", tmp_path / os.fsdecode(old))
+        real(dir_fd, old, new, flags)
+
+    monkeypatch.setattr(_durable, "rename2", rename2)
+    with pytest.raises(axlpy.SecurityError, match="foreign file was removed"):
+        rename_verified(d, b".t", b"f", **_staged(tmp_path))  # type: ignore[arg-type]
+    assert calls == [1, 2, 2]
+    assert os.listdir(tmp_path) == []
+
+
+def test_rename_verified_where_renameat2_flags_are_unsupported(
+        tmp_path: Path, d: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """NFS and many FUSE filesystems answer EINVAL: a plain rename over the name."""
+    def einval(dir_fd: int, old: bytes, new: bytes, flags: int) -> None:
+        raise OSError(errno.EINVAL, "Invalid argument")
+
+    monkeypatch.setattr(_durable, "rename2", einval)
+    (tmp_path / "f").write_bytes(b"old")
+    rename_verified(d, b".t", b"f", **_staged(tmp_path))  # type: ignore[arg-type]
+    assert (tmp_path / "f").read_bytes() == b"new bytes"
+    assert sorted(os.listdir(tmp_path)) == ["f"]
 
 
 def test_unlink_verified_by_content(tmp_path: Path, d: int) -> None:
