@@ -138,6 +138,14 @@ def create_temp(dir_fd: int, name: bytes, *, replace_stale: bool = True) -> int:
     except FileExistsError:
         if not replace_stale:
             raise
+    except FileNotFoundError as exc:
+        # The kernel refuses new entries in a removed directory: ours was removed, or an
+        # empty one we had just made was replaced by a rename, while we held its fd.
+        if os.fstat(dir_fd).st_nlink == 0:
+            raise FileNotFoundError(
+                _errno.ENOENT, "its destination directory was removed or replaced while "
+                "this transfer held it open; nothing was written there", name) from exc
+        raise
     try:
         os.unlink(name, dir_fd=dir_fd)
     except FileNotFoundError:

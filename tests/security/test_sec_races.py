@@ -24,7 +24,7 @@ import pytest
 from sec_helpers import final_files, run_child, snapshot, temps
 
 import axlpy
-from axlpy import _durable
+from axlpy import _durable, _staging
 from axlpy._staging import TEMP_PATTERN
 
 RACE_SECONDS = 2.0
@@ -375,3 +375,48 @@ def test_killed_between_the_exchange_and_the_unlink(journal_path, tmp_path, verb
     assert temps(out) == []
     assert final_files(out) == ({os.fsencode(out / "d"): s.read_bytes()}
                                 if verb == "resume" else {})
+
+
+def test_directory_put_back_over_the_one_a_transfer_just_made(journal, tmp_path,
+                                                              monkeypatch):
+    """The rename dance's other turn: ``sub`` is away (renamed aside) when the transfer
+    opens it, so the transfer makes a new empty ``sub`` and holds its fd; then the real
+    one is renamed back over it (allowed: the new one is empty). The held fd now names a
+    removed directory. Nothing may be published there and reported COMPLETED: the
+    kernel refuses every new entry in a removed directory, so the transfer fails with a
+    clear error, the earlier copy stays, and a resume completes it."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    contents = make_source(src, {"sub/f0": 70_000, "sub/f1": 1000})
+    first = journal.create("first", "sync")
+    first.add(src, dst)
+    first.dispatch()
+    finals = final_files(dst)
+    sub, aside = dst / "sub", dst / ".sub.real"
+    real = _staging.DirCache._open_child
+    put_back: list[int] = []
+
+    def open_then_put_back(self: _staging.DirCache, pfd: int, name: bytes, key: bytes,
+                           **kw: Any) -> int:
+        fd = real(self, pfd, name, key, **kw)
+        if key == os.fsencode(sub) and not put_back:
+            assert os.listdir(sub) == [], "the transfer did not make a new sub"
+            os.rename(aside, sub)  # replaces the empty directory the transfer holds
+            put_back.append(os.fstat(fd).st_nlink)  # 0: the fd names a removed directory
+        return fd
+
+    monkeypatch.setattr(_staging.DirCache, "_open_child", open_then_put_back)
+    os.rename(sub, aside)
+    second = journal.create("second", "sync")
+    second.add(src, dst)
+    with pytest.raises(axlpy.TransferError) as err:
+        second.dispatch()
+    assert put_back == [0]
+    assert "destination directory was removed or replaced" in str(err.value)
+    assert second.state is axlpy.TransferState.FAILED
+    assert final_files(dst) == finals
+    check_outcome(dst, contents, Counter(completed=1))
+    monkeypatch.undo()
+    second.resume()
+    assert second.state is axlpy.TransferState.COMPLETED
+    assert final_files(dst) == finals
+    assert temps(dst) == []
