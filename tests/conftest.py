@@ -132,6 +132,31 @@ def journal(journal_path: Path) -> Iterator[axlpy.Journal]:
     j.close()
 
 
+def copy_completed(journal_path: Path, name: str, ttype: str, src: Path, dst: Path,
+                   **opts: Any) -> list[dict[str, Any]]:
+    """Create transfer ``name`` (type ``ttype``, options ``opts``) of ``src`` -> ``dst`` in
+    the journal at ``journal_path``, dispatch it, wait for it and assert it COMPLETED.
+    Returns its events (read before the journal is closed again)."""
+    with axlpy.Journal(journal_path) as j:
+        t = j.create(name, ttype, **opts)
+        t.add(src, dst)
+        t.dispatch()
+        t.wait()
+        assert t.state is axlpy.TransferState.COMPLETED
+        return t.events()
+
+
+def resume_completed(journal_path: Path, name: str) -> list[dict[str, Any]]:
+    """Open transfer ``name`` in the journal at ``journal_path``, resume it, wait for it
+    and assert it COMPLETED. Returns its events."""
+    with axlpy.Journal(journal_path) as j:
+        t = j.open(name)
+        t.resume()
+        t.wait()
+        assert t.state is axlpy.TransferState.COMPLETED
+        return t.events()
+
+
 def write_tree(root: Path, files: dict[str, bytes], empty_dirs: tuple[str, ...] = ()) -> None:
     """Create ``files`` (relative path -> content) and empty directories under ``root``."""
     for rel, data in files.items():

@@ -21,7 +21,7 @@ import axlpy
 from axlpy import TransferState as T
 from axlpy.engines import ENGINE_TYPES
 from tests.cli.clitools import child_env, run_sub
-from tests.conftest import type_params
+from tests.conftest import copy_completed, resume_completed, type_params
 
 TYPES = type_params(ENGINE_TYPES)
 MIB = 1 << 20
@@ -66,12 +66,7 @@ def _assert_linked(dst: Path, src: Path) -> None:
 def test_hard_links_recreated(tmp_path, journal_path, ttype):
     src = _tree(tmp_path)
     dst = tmp_path / "dst"
-    with axlpy.Journal(journal_path) as j:
-        t = j.create("h", ttype, chunk_size=MIB, extent_size=MIB)
-        t.add(src, dst)
-        t.dispatch()
-        t.wait()
-        assert t.state is T.COMPLETED
+    copy_completed(journal_path, "h", ttype, src, dst, chunk_size=MIB, extent_size=MIB)
     _assert_linked(dst, src)
     r = run_sub(journal_path, "verify", "h")
     assert r.code == 0 and r.out.startswith("OK"), r.out + r.err
@@ -81,12 +76,7 @@ def test_hard_links_recreated(tmp_path, journal_path, ttype):
 def test_hard_links_off_copies_each_name(tmp_path, journal_path, ttype):
     src = _tree(tmp_path)
     dst = tmp_path / "dst"
-    with axlpy.Journal(journal_path) as j:
-        t = j.create("h", ttype, hard_links=False)
-        t.add(src, dst)
-        t.dispatch()
-        t.wait()
-        assert t.state is T.COMPLETED
+    copy_completed(journal_path, "h", ttype, src, dst, hard_links=False)
     assert (dst / "sub" / "b").read_bytes() == (src / "a").read_bytes()
     assert _ino(dst / "a") != _ino(dst / "sub" / "b")
     assert len({_ino(dst / r) for r in ("s", "t", "sub/u")}) == 3
@@ -123,11 +113,7 @@ def test_resume_relinks_later_names_of_a_recopied_first_name(tmp_path, journal_p
     assert _ino(dst / "a") == _ino(dst / "b")
     (tmp_path / "other").write_bytes(b"somebody else")
     os.replace(tmp_path / "other", dst / "a")
-    with axlpy.Journal(journal_path) as j:
-        t = j.open("x")
-        t.resume()
-        t.wait()
-        assert t.state is T.COMPLETED
+    resume_completed(journal_path, "x")
     assert (dst / "a").read_bytes() == b"first name"
     assert _ino(dst / "a") == _ino(dst / "b")
 
@@ -195,13 +181,8 @@ def test_move_mode_deletes_every_name_of_a_group(tmp_path, journal_path, ttype):
     src = _tree(tmp_path)
     expect = {rel: (src / rel).read_bytes() for rel in ("a", "sub/b", "s", "t", "sub/u")}
     dst = tmp_path / "dst"
-    with axlpy.Journal(journal_path) as j:
-        t = j.create("m", ttype, move=True)
-        t.add(src, dst)
-        t.dispatch()
-        t.wait()
-        assert t.state is T.COMPLETED
-        kept = [e for e in t.events() if e["event"].startswith("move-kept")]
+    events = copy_completed(journal_path, "m", ttype, src, dst, move=True)
+    kept = [e for e in events if e["event"].startswith("move-kept")]
     assert kept == []
     assert not src.exists(), sorted(map(str, src.rglob("*")))
     for rel, data in expect.items():
@@ -218,12 +199,8 @@ def test_move_mode_killed_after_first_unlink_resumes(tmp_path, journal_path):
                AXLPY_CRASH_HIT="1")
     _child(journal_path, src, dst, "sync", env, move=True)
     assert len(list(src.iterdir())) == 1
-    with axlpy.Journal(journal_path) as j:
-        t = j.open("x")
-        t.resume()
-        t.wait()
-        assert t.state is T.COMPLETED
-        kept = [e for e in t.events() if e["event"].startswith("move-kept")]
+    kept = [e for e in resume_completed(journal_path, "x")
+            if e["event"].startswith("move-kept")]
     assert kept == []
     assert not src.exists()
     assert _ino(dst / "a") == _ino(dst / "b")
@@ -242,12 +219,8 @@ def test_move_mode_keeps_a_rewritten_linked_source(tmp_path, journal_path):
     with open(left, "r+b") as f:
         f.write(b"X")
     os.utime(left, ns=(st.st_atime_ns, st.st_mtime_ns))
-    with axlpy.Journal(journal_path) as j:
-        t = j.open("x")
-        t.resume()
-        t.wait()
-        assert t.state is T.COMPLETED
-        kept = [e for e in t.events() if e["event"] == "move-kept-changed-source"]
+    kept = [e for e in resume_completed(journal_path, "x")
+            if e["event"] == "move-kept-changed-source"]
     assert left.read_bytes() == b"Xirst name"
     assert len(kept) == 1
     assert (dst / "a").read_bytes() == b"first name"

@@ -66,6 +66,17 @@ def _setup(tmp_path: Path) -> tuple[Path, Path, Path, bytes]:
     return journal, src, dst, old
 
 
+def _resume_refused(journal: Path) -> axlpy.SourceChangedError:
+    """Resume transfer "x": it must raise SourceChangedError (returned) and end FAILED."""
+    with axlpy.Journal(journal) as j:
+        t = j.open("x")
+        with pytest.raises(axlpy.SourceChangedError) as info:
+            t.resume()
+            t.wait()
+        assert t.state is T.FAILED
+    return info.value
+
+
 def _forge_journal_ctime(journal: Path, src: Path) -> None:
     """What a filesystem whose ctime did not move would show (coarse timestamps, or a
     journal written before identity was recorded): the recorded ctime equals the
@@ -97,15 +108,10 @@ def test_forged_mtime_rewrite_fails_resume_cli(tmp_path):
 def test_forged_rewrite_raises_source_changed_naming_ctime(tmp_path):
     journal, src, dst, _ = _setup(tmp_path)
     _forge_rewrite(src)
-    with axlpy.Journal(journal) as j:
-        t = j.open("x")
-        with pytest.raises(axlpy.SourceChangedError) as info:
-            t.resume()
-            t.wait()
-        assert "ctime" in str(info.value)
-        assert "ctime" in info.value.changed
-        assert info.value.path == str(src)
-        assert t.state is T.FAILED
+    err = _resume_refused(journal)
+    assert "ctime" in str(err)
+    assert "ctime" in err.changed
+    assert err.path == str(src)
     assert not dst.exists()
 
 
@@ -113,14 +119,9 @@ def test_extent_reread_catches_rewrite_when_ctime_matches(tmp_path):
     journal, src, dst, _ = _setup(tmp_path)
     _forge_rewrite(src)
     _forge_journal_ctime(journal, src)
-    with axlpy.Journal(journal) as j:
-        t = j.open("x")
-        with pytest.raises(axlpy.SourceChangedError) as info:
-            t.resume()
-            t.wait()
-        assert "content" in info.value.changed
-        assert "extent 0" in str(info.value)
-        assert t.state is T.FAILED
+    err = _resume_refused(journal)
+    assert "content" in err.changed
+    assert "extent 0" in str(err)
     assert not dst.exists()
 
 
@@ -160,12 +161,7 @@ def test_source_replaced_by_rename_is_caught_on_resume(tmp_path):
     repl.write_bytes(old[:MIB] + os.urandom(3 * MIB))
     os.utime(repl, ns=(st.st_atime_ns, st.st_mtime_ns))
     os.rename(repl, src)
-    with axlpy.Journal(journal) as j:
-        t = j.open("x")
-        with pytest.raises(axlpy.SourceChangedError) as info:
-            t.resume()
-            t.wait()
-        assert "inode" in info.value.changed
+    assert "inode" in _resume_refused(journal).changed
     assert not dst.exists()
 
 

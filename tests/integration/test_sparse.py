@@ -16,12 +16,10 @@ from pathlib import Path
 
 import pytest
 
-import axlpy
-from axlpy import TransferState as T
 from axlpy._checksum import file_crc32c
 from axlpy.engines import ENGINE_TYPES
 from tests.cli.clitools import child_env, run_sub
-from tests.conftest import type_params
+from tests.conftest import copy_completed, resume_completed, type_params
 
 GIB = 1 << 30
 MIB = 1 << 20
@@ -106,12 +104,7 @@ def _assert_sparse_copy(src: Path, dst: Path) -> None:
 @pytest.mark.parametrize("ttype", type_params(ENGINE_TYPES))
 def test_sparse_file_arrives_sparse(sparse_src, tmp_path, journal_path, ttype):
     dst = tmp_path / "out" / "sparse.bin"
-    with axlpy.Journal(journal_path) as j:
-        t = j.create("s", ttype)
-        t.add(sparse_src, dst)
-        t.dispatch()
-        t.wait()
-        assert t.state is T.COMPLETED
+    copy_completed(journal_path, "s", ttype, sparse_src, dst)
     _assert_sparse_copy(sparse_src, dst)
     r = run_sub(journal_path, "verify", "s")
     assert r.code == 0 and r.out.startswith("OK"), r.out + r.err
@@ -137,11 +130,7 @@ def test_sparse_file_killed_and_resumed_midway(sparse_src, tmp_path, journal_pat
     assert len(temps) == 1
     # the killed run's temp is sparse too (nothing written for the holes)
     assert os.stat(temps[0]).st_blocks * 512 < 1 * MIB
-    with axlpy.Journal(journal_path) as j:
-        t = j.open("k")
-        t.resume()
-        t.wait()
-        assert t.state is T.COMPLETED
+    resume_completed(journal_path, "k")
     _assert_sparse_copy(sparse_src, dst)
     r = run_sub(journal_path, "verify", "k")
     assert r.code == 0, r.out + r.err
@@ -152,10 +141,7 @@ def test_file_ending_in_data_and_dense_file_unchanged(tmp_path, journal_path):
     src = tmp_path / "dense"
     src.write_bytes(os.urandom(3 * MIB + 17))
     dst = tmp_path / "out" / "dense"
-    with axlpy.Journal(journal_path) as j:
-        t = j.create("d", "sync", chunk_size=MIB, extent_size=MIB)
-        t.add(src, dst)
-        t.dispatch()
+    copy_completed(journal_path, "d", "sync", src, dst, chunk_size=MIB, extent_size=MIB)
     assert dst.read_bytes() == src.read_bytes()
 
 
@@ -174,11 +160,6 @@ def test_file_ending_in_a_hole(tmp_path, journal_path, ttype, chunk):
         f.seek(MIB)
         f.write(os.urandom(4096))
     dst = tmp_path / "out" / "tail-hole"
-    with axlpy.Journal(journal_path) as j:
-        t = j.create("h", ttype, chunk_size=chunk, extent_size=chunk)
-        t.add(src, dst)
-        t.dispatch()
-        t.wait()
-        assert t.state is T.COMPLETED
+    copy_completed(journal_path, "h", ttype, src, dst, chunk_size=chunk, extent_size=chunk)
     _assert_sparse_copy(src, dst)
     assert dst.read_bytes() == src.read_bytes()
