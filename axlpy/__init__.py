@@ -32,7 +32,7 @@ from ._errors import (
     TransferError,
     UsageError,
 )
-from ._state import FileState, TransferState
+from ._state import FileState, TransferState, TransferType
 
 if TYPE_CHECKING:
     from ._admission import AdmissionStats
@@ -50,7 +50,7 @@ if TYPE_CHECKING:
         update_pointer,
     )
     from ._sources import Limits
-    from ._transfer import FileStatus, Journal, Transfer, TransferStatus, TransferType, wait_all
+    from ._transfer import FileStatus, Journal, Transfer, TransferStatus, wait_all
     from ._verify import Mismatch, VerifyReport, verify_checkpoint
 
 #: public name -> the module that defines it, imported on first access (PEP 562), so that
@@ -73,7 +73,6 @@ _LAZY = {
     "Journal": "._transfer",
     "Transfer": "._transfer",
     "TransferStatus": "._transfer",
-    "TransferType": "._transfer",
     "wait_all": "._transfer",
     "Mismatch": "._verify",
     "GcReport": "._gc",

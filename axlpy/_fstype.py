@@ -28,7 +28,6 @@ inject a magic through :data:`FAKE_MAGIC_ENV` or by replacing :func:`statfs_magi
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 from dataclasses import dataclass
 
@@ -63,7 +62,9 @@ def statfs_magic(path: str) -> int | None:
     if fake:
         return int(fake, 0)
     if _libc is None:
-        _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        # The process's own symbols (libc's among them): ctypes.util.find_library would
+        # run ``ldconfig -p`` in a child process on every start-up (issue 14.5).
+        _libc = ctypes.CDLL(None, use_errno=True)
     buf = ctypes.create_string_buffer(512)  # struct statfs is 120 bytes on 64-bit Linux
     if _libc.statfs(os.fsencode(path), buf) != 0:
         return None

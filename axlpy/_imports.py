@@ -1,74 +1,26 @@
-"""Heavy third-party modules, imported on first use and without what axlpy never needs.
+"""Third-party modules loaded without the machinery axlpy never needs.
 
 Start-up time of every ``axlpy`` command and of ``import axlpy`` is the reason this module
-exists (docs/benchmarks.md): ``sqlite_utils`` imports ``numpy`` and ``pandas`` whenever
-they are installed — hundreds of milliseconds and tens of MiB in an ML environment — only
-to map their scalar types to column types, which axlpy never stores. :func:`sqlite_utils`
-imports it with those two imports answered "not installed", for the importing thread only
-and only while ``sqlite_utils`` itself is being imported: another thread importing
-``numpy`` at the same moment gets it as usual, and a process that already imported them
-keeps them (``sqlite_utils`` then sees them, as before).
+exists (docs/benchmarks.md). :func:`crc32c_function` loads the ``crc32c`` package's
+extension module without running the package's ``__init__``, which reads its own version
+through ``importlib.metadata`` (about 35 ms of CPU, a quarter of a short command's
+budget); :func:`dist_version` reads an installed distribution's version from its
+``.dist-info`` directory name for the same reason.
 
-:func:`crc32c_function` loads the ``crc32c`` package's extension module without running
-the package's ``__init__``, which reads its own version through ``importlib.metadata``
-(about 35 ms of CPU, a quarter of a short command's budget); :func:`dist_version` reads
-an installed distribution's version from its ``.dist-info`` directory name for the same
-reason.
+The journal uses the standard :mod:`sqlite3` directly (``sqlite-utils`` and the
+``dateutil`` it imports cost a one-file copy about 25 ms).
 
 Nothing here writes to the disk.
 """
 
 from __future__ import annotations
 
-import importlib
-import importlib.abc
 import os
 import re
 import sys
-import threading
-from collections.abc import Callable, Sequence
-from types import ModuleType
-from typing import TYPE_CHECKING
+from collections.abc import Callable
 
-if TYPE_CHECKING:
-    import importlib.machinery
-
-__all__ = ["crc32c_function", "dist_version", "sqlite_utils"]
-
-#: imports ``sqlite_utils`` tries and axlpy has no use for
-_UNWANTED = ("numpy", "pandas")
-
-_lock = threading.Lock()
-
-
-class _NotHere(importlib.abc.MetaPathFinder):
-    """Answers ``ModuleNotFoundError`` for ``names``, in one thread only."""
-
-    def __init__(self, names: Sequence[str]) -> None:
-        self.names = frozenset(names)
-        self.thread = threading.get_ident()
-
-    def find_spec(self, fullname: str, path: Sequence[str] | None,
-                  target: ModuleType | None = None) -> importlib.machinery.ModuleSpec | None:
-        if fullname in self.names and threading.get_ident() == self.thread:
-            raise ModuleNotFoundError(f"{fullname} is not imported for sqlite_utils by axlpy",
-                                      name=fullname)
-        return None
-
-
-def sqlite_utils() -> ModuleType:
-    """The ``sqlite_utils`` module, imported once, without ``numpy``/``pandas``."""
-    if "sqlite_utils" in sys.modules:  # import_module waits for a half-done import
-        return importlib.import_module("sqlite_utils")
-    with _lock:
-        if "sqlite_utils" in sys.modules:
-            return importlib.import_module("sqlite_utils")
-        blocker = _NotHere([n for n in _UNWANTED if n not in sys.modules])
-        sys.meta_path.insert(0, blocker)
-        try:
-            return importlib.import_module("sqlite_utils")
-        finally:
-            sys.meta_path.remove(blocker)
+__all__ = ["crc32c_function", "dist_version"]
 
 
 def crc32c_function() -> Callable[..., int]:

@@ -1,4 +1,4 @@
-"""The journal: one SQLite file (through sqlite-utils) holding many transfers.
+"""The journal: one SQLite file (plain :mod:`sqlite3`) holding many transfers.
 
 Tables (schema version :data:`SCHEMA_VERSION` in ``PRAGMA user_version``, axlpy's
 ``PRAGMA application_id`` :data:`APPLICATION_ID`):
@@ -36,7 +36,6 @@ one. sqlite3 errors leave this module raw; the public API maps them
 from __future__ import annotations
 
 import array
-import functools
 import json
 import os
 import sqlite3
@@ -47,13 +46,12 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
 from . import _fstype
 from ._config import Options
 from ._crashpoints import crash_point
 from ._errors import JournalError, OwnershipError, SecurityError
-from ._imports import sqlite_utils as _sqlite_utils
 from ._lease import DEFAULT_LEASE_S, Owner, now_ns
 from ._migrations import SCHEMA_VERSION, apply_steps, migrate
 from ._planted import planted
@@ -63,9 +61,6 @@ from ._state import (
     check_file_transition,
     check_transition,
 )
-
-if TYPE_CHECKING:
-    import sqlite_utils
 
 __all__ = ["APPLICATION_ID", "SCHEMA_VERSION", "FileRow", "JournalDB", "Owner", "SourceStat",
            "TransferRow"]
@@ -132,6 +127,37 @@ class SourceStat(NamedTuple):
 
 #: rows per :meth:`JournalDB.file_batches` list: the rows a dispatch, run or resume holds
 FILE_BATCH = 1024
+
+#: schema 1, the tables and indexes the migrations build on, in the exact SQL text
+#: sqlite-utils generated for them when it created journals (``sqlite_master`` keeps that
+#: text, and ``tests/unit/test_journal_schema_sql.py`` compares it with what sqlite-utils
+#: generates today): written by hand so that creating a journal does not import
+#: sqlite-utils (issue 14.5, start-up)
+_SCHEMA_1 = (
+    'CREATE TABLE "transfers" (\n   "id" INTEGER PRIMARY KEY,\n   "name" TEXT NOT NULL,\n'
+    '   "type" TEXT NOT NULL,\n   "state" TEXT NOT NULL,\n   "token" TEXT NOT NULL,\n'
+    '   "options" TEXT NOT NULL,\n   "created_ns" INTEGER,\n   "updated_ns" INTEGER,\n'
+    '   "owner_pid" INTEGER,\n   "owner_host" TEXT,\n   "owner_start" TEXT,\n'
+    '   "error" TEXT\n);',
+    'CREATE UNIQUE INDEX "idx_transfers_name"\n    ON "transfers" ("name");',
+    'CREATE TABLE "files" (\n   "id" INTEGER PRIMARY KEY,\n'
+    '   "transfer_id" INTEGER NOT NULL REFERENCES "transfers"("id"),\n'
+    '   "kind" TEXT NOT NULL,\n   "src" BLOB NOT NULL,\n   "dst" BLOB NOT NULL,\n'
+    '   "root" BLOB NOT NULL,\n   "rel" BLOB NOT NULL,\n   "tmp" BLOB,\n'
+    '   "size" INTEGER,\n   "mtime_ns" INTEGER,\n   "mode" INTEGER,\n   "uid" INTEGER,\n'
+    '   "gid" INTEGER,\n   "link" BLOB,\n   "crc32c" INTEGER,\n   "state" TEXT NOT NULL,\n'
+    '   "bytes_done" INTEGER DEFAULT 0,\n   "error" TEXT\n);',
+    'CREATE UNIQUE INDEX "idx_files_transfer_id_dst"\n    ON "files" ("transfer_id", "dst");',
+    'CREATE INDEX "idx_files_transfer_id_state"\n    ON "files" ("transfer_id", "state");',
+    'CREATE TABLE "extents" (\n   "file_id" INTEGER REFERENCES "files"("id"),\n'
+    '   "idx" INTEGER,\n   "length" INTEGER,\n   "crc32c" INTEGER,\n'
+    '   PRIMARY KEY ("file_id", "idx")\n);',
+    'CREATE TABLE "events" (\n   "id" INTEGER PRIMARY KEY,\n'
+    '   "transfer_id" INTEGER NOT NULL,\n   "file_id" INTEGER,\n'
+    '   "ts_ns" INTEGER NOT NULL,\n   "event" TEXT NOT NULL,\n   "from_state" TEXT,\n'
+    '   "to_state" TEXT,\n   "detail" TEXT,\n   "pid" INTEGER\n);',
+    'CREATE INDEX "idx_events_transfer_id"\n    ON "events" ("transfer_id");',
+)
 
 _FILE_COLS = (
     "id, kind, src, dst, root, rel, tmp, size, mtime_ns, mode, uid, gid, link, crc32c, "
@@ -339,13 +365,10 @@ class JournalDB:
             raise JournalError(f"journal {self.path!r}: synchronous={level} not applied")
         self.conn.execute("PRAGMA foreign_keys=ON").fetchall()
 
-    @functools.cached_property
-    def db(self) -> sqlite_utils.Database:
-        """sqlite-utils over :attr:`conn`, made on first write: a command that only reads
-        the journal (``axlpy ls``) never imports it (start-up time). No sqlite-utils
-        plugins: they would run code from any installed package on this connection."""
-        db: sqlite_utils.Database = _sqlite_utils().Database(self.conn, execute_plugins=False)
-        return db
+    @property
+    def db(self) -> sqlite3.Connection:
+        """The connection (:attr:`conn`), what :meth:`transaction` yields."""
+        return self.conn
 
     def _table_names(self) -> set[str]:
         return {r[0] for r in self.conn.execute(
@@ -357,46 +380,12 @@ class JournalDB:
         return app == 0 and ver == 0 and not self._table_names()
 
     def _create_schema(self) -> None:
-        db = self.db
-        with self.transaction():
+        with self.transaction() as db:
             # Under the write lock: another process may have created it meanwhile.
             if not self._is_empty():
                 return
-            db.table("transfers").create(
-                {
-                    "id": int, "name": str, "type": str, "state": str, "token": str,
-                    "options": str, "created_ns": int, "updated_ns": int,
-                    "owner_pid": int, "owner_host": str, "owner_start": str, "error": str,
-                },
-                pk="id", not_null={"name", "type", "state", "token", "options"},
-            )
-            db.table("transfers").create_index(["name"], unique=True)
-            db.table("files").create(
-                {
-                    "id": int, "transfer_id": int, "kind": str, "src": bytes, "dst": bytes,
-                    "root": bytes, "rel": bytes, "tmp": bytes, "size": int, "mtime_ns": int,
-                    "mode": int, "uid": int, "gid": int, "link": bytes, "crc32c": int,
-                    "state": str, "bytes_done": int, "error": str,
-                },
-                pk="id", foreign_keys=[("transfer_id", "transfers", "id")],
-                not_null={"transfer_id", "kind", "src", "dst", "root", "rel", "state"},
-                defaults={"bytes_done": 0},
-            )
-            db.table("files").create_index(["transfer_id", "dst"], unique=True)
-            db.table("files").create_index(["transfer_id", "state"])
-            db.table("extents").create(
-                {"file_id": int, "idx": int, "length": int, "crc32c": int},
-                pk=("file_id", "idx"), foreign_keys=[("file_id", "files", "id")],
-            )
-            db.table("events").create(
-                {
-                    "id": int, "transfer_id": int, "file_id": int, "ts_ns": int,
-                    "event": str, "from_state": str, "to_state": str, "detail": str,
-                    "pid": int,
-                },
-                pk="id", not_null={"transfer_id", "ts_ns", "event"},
-            )
-            db.table("events").create_index(["transfer_id"])
+            for sql in _SCHEMA_1:
+                db.execute(sql)
             db.execute(f"PRAGMA application_id={APPLICATION_ID}")
             # The tables above are schema 1; the migrations build the rest in this same
             # transaction, so a fresh journal and an upgraded one are the same schema.
@@ -436,22 +425,22 @@ class JournalDB:
     # -- transactions ---------------------------------------------------------------------
 
     @contextmanager
-    def transaction(self) -> Iterator[sqlite_utils.Database]:
+    def transaction(self) -> Iterator[sqlite3.Connection]:
         """One durable write transaction (under the connection lock), begun with
         ``BEGIN IMMEDIATE`` so it waits up to the busy timeout for other writers instead
         of failing on its first write. Nested, it is a savepoint of the outer one.
         On any error it is rolled back: the journal holds what it held before."""
         with self._lock:
             if self.conn.in_transaction:
-                with self.db.atomic():
-                    yield self.db
+                with self._savepoint():
+                    yield self.conn
                 return
             # Timed from holding the lock to the durable COMMIT, so waits for the lock
             # by other threads are not counted twice.
             t0 = time.perf_counter() if _PROFILE else 0.0
             try:
                 with self._immediate():
-                    yield self.db
+                    yield self.conn
             finally:
                 if _PROFILE:
                     PROFILE_STATS["seconds"] += time.perf_counter() - t0
@@ -471,10 +460,27 @@ class JournalDB:
                     self.conn.execute("ROLLBACK")
             raise
 
+    @contextmanager
+    def _savepoint(self) -> Iterator[None]:
+        """A savepoint inside the open transaction: on an error only its own writes are
+        undone, and the error propagates."""
+        name = f"axlpy_{os.urandom(8).hex()}"
+        self.conn.execute(f"SAVEPOINT {name}")
+        try:
+            yield
+        except BaseException:
+            # An error such as a RAISE(ROLLBACK) trigger can end the whole transaction,
+            # savepoints included: then there is nothing left to roll back to.
+            if self.conn.in_transaction:
+                self.conn.execute(f"ROLLBACK TO SAVEPOINT {name}")
+                self.conn.execute(f"RELEASE SAVEPOINT {name}")
+            raise
+        self.conn.execute(f"RELEASE SAVEPOINT {name}")
+
     def _event(self, tid: int, event: str, *, file_id: int | None = None,
                frm: str | None = None, to: str | None = None, detail: str | None = None,
                ts: int | None = None) -> None:
-        self.db.execute(
+        self.conn.execute(
             "INSERT INTO events (transfer_id, file_id, ts_ns, event, from_state, to_state,"
             " detail, pid) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (tid, file_id, ts or time.time_ns(), event, frm, to, detail, os.getpid()),
@@ -742,9 +748,10 @@ class JournalDB:
 
     def events(self, tid: int) -> list[dict[str, Any]]:
         with self._lock:
-            return list(self.db.query(
-                "SELECT * FROM events WHERE transfer_id = ? ORDER BY id", [tid]
-            ))
+            cur = self.conn.execute(
+                "SELECT * FROM events WHERE transfer_id = ? ORDER BY id", (tid,))
+            cols = [d[0] for d in cur.description]
+            return [dict(zip(cols, r, strict=True)) for r in cur]
 
     # -- files ----------------------------------------------------------------------------
 

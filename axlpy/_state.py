@@ -26,6 +26,7 @@ __all__ = [
     "TRANSITIONS",
     "FileState",
     "TransferState",
+    "TransferType",
     "check_file_transition",
     "check_transition",
 ]
@@ -44,6 +45,19 @@ class TransferState(enum.StrEnum):
     @property
     def is_final(self) -> bool:
         return self in (TransferState.COMPLETED, TransferState.CANCELLED)
+
+
+class TransferType(enum.StrEnum):
+    """How a transfer's bytes move. Stored in the journal; a resume uses the same type."""
+
+    #: the engine measured fastest for the transfer's size and filesystem (docs/engines.md)
+    DEFAULT = "default"
+    #: copy in the caller's thread; ``dispatch()`` returns when done
+    SYNC = "sync"
+    #: worker threads in the background
+    PTHREAD = "pthread"
+    #: one background thread driving a deep io_uring queue
+    URING = "uring"
 
 
 class FileState(enum.StrEnum):

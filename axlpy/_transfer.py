@@ -10,7 +10,6 @@ new process finishes the job from the journal alone.
 from __future__ import annotations
 
 import contextlib
-import enum
 import os
 import secrets
 import signal
@@ -37,7 +36,7 @@ from ._lease import HEARTBEAT, Owner
 from ._retry import InterventionController, RetryPolicy, call_persistently
 from ._sources import Limits, walk_source
 from ._stall import EV_ABANDON, EV_STALL, EV_STALL_CLEARED, StallInfo, Watchdog
-from ._state import FileState, TransferState
+from ._state import FileState, TransferState, TransferType
 from .engines import Engine, check_type, get_engine
 
 if TYPE_CHECKING:
@@ -51,19 +50,6 @@ __all__ = ["FileStatus", "Journal", "Options", "Owner", "Transfer", "TransferSta
            "TransferType"]
 
 _T = TransferState
-
-
-class TransferType(enum.StrEnum):
-    """How a transfer's bytes move. Stored in the journal; a resume uses the same type."""
-
-    #: the engine measured fastest for the transfer's size and filesystem (docs/engines.md)
-    DEFAULT = "default"
-    #: copy in the caller's thread; ``dispatch()`` returns when done
-    SYNC = "sync"
-    #: worker threads in the background
-    PTHREAD = "pthread"
-    #: one background thread driving a deep io_uring queue
-    URING = "uring"
 
 
 @dataclass(frozen=True)

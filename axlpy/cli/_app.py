@@ -11,12 +11,11 @@ import shlex
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import IO, Any, TypeVar
+from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from .._config import default_journal_path
-from .._driver import Progress
 from .._errors import (
     AxlError,
     BackendUnavailableError,
@@ -29,8 +28,11 @@ from .._errors import (
     UsageError,
 )
 from .._state import FileState, TransferState
-from .._transfer import Journal, Transfer
 from ._render import _UNSAFE, _escape_char, _safe, _safe_lines, _say, _show
+
+if TYPE_CHECKING:
+    from .._driver import Progress
+    from .._transfer import Journal, Transfer
 
 log = logging.getLogger("axlpy.cli")
 
@@ -291,6 +293,8 @@ def _open_journal(*, create: bool) -> Journal:
         raise UsageError(f"no journal at {_safe(path)} (nothing was copied with it yet); "
                          f"{_WHERE}")
     s = _settings()
+    from .._transfer import Journal  # imported by the commands that open a journal only
+
     try:
         return Journal(path, create=create, allow_shared=True if s.allow_shared else None)
     except SecurityError as exc:

@@ -10,15 +10,17 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from typing import IO, NoReturn
+from typing import IO, TYPE_CHECKING, NoReturn
 
 import click
 
-from .._driver import Progress
 from .._errors import AxlError
-from .._transfer import Transfer
 from ._app import _T, EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, CliError, _cmd, _settings
 from ._render import _admission_text, _human_bytes, _human_duration, _isatty, _plural, _safe, _say
+
+if TYPE_CHECKING:
+    from .._driver import Progress
+    from .._transfer import Transfer
 
 
 class _Reporter:

@@ -4,11 +4,11 @@
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 import click
 
 from .._errors import UsageError
-from .._gc import TempFile, gc as collect_temps
 from ._app import (
     EXIT_CODES_HELP,
     EXIT_FAILURE,
@@ -21,6 +21,9 @@ from ._app import (
     cli,
 )
 from ._render import _emit_json, _human_age, _human_bytes, _iso, _path_fields, _safe, _say, _show
+
+if TYPE_CHECKING:
+    from .._gc import TempFile
 
 
 def _gc_reason(t: TempFile, min_age: float, journal: str) -> str:
@@ -81,6 +84,8 @@ def gc(directory: str, do_delete: bool, include_resumable: bool, min_age: float,
     directories (.axlpy-trash.*: checkpoints an interrupted prune had already renamed
     away for deletion). Dry run unless --delete.
     """
+    from .._gc import gc as collect_temps
+
     if not os.path.isdir(os.fsencode(directory)):
         raise UsageError(f"{directory!r} is not a directory")
     path = _journal_path()

@@ -6,14 +6,12 @@ from __future__ import annotations
 import os
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from .._driver import Progress
 from .._lease import host_id
 from .._state import FileState
-from .._transfer import FileStatus, Journal, Owner, Transfer, TransferStatus
 from ._app import (
     _F,
     _T,
@@ -45,6 +43,9 @@ from ._render import (
     _show,
     _table,
 )
+
+if TYPE_CHECKING:
+    from .._transfer import FileStatus, Journal, Owner, Transfer, TransferStatus
 
 
 def _owner_info(o: Owner | None) -> dict[str, Any] | None:
@@ -276,6 +277,8 @@ def _print_status(doc: dict[str, Any], name: str = "") -> None:
 
 def _watch(j: Journal, name: str, interval: float, as_json: bool) -> int:
     """Poll the journal (never writing it) until the transfer ends or its owner dies."""
+    from .._driver import Progress
+
     err = sys.stderr
     tty = _isatty(err) and not as_json
     last_bytes, last_t = -1, time.monotonic()

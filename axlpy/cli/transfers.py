@@ -12,7 +12,7 @@ import time
 import click
 
 from .._errors import AxlError, UsageError
-from .._transfer import TransferType
+from .._state import TransferType
 from ._app import (
     _F,
     _T,

@@ -5,12 +5,10 @@
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from .._transfer import Journal
-from .._verify import Mismatch, verify_checkpoint
 from ._app import (
     _T,
     EXIT_CODES_HELP,
@@ -25,6 +23,10 @@ from ._app import (
     cli,
 )
 from ._render import _crc_hex, _emit_json, _iso, _path_fields, _safe, _say, _show
+
+if TYPE_CHECKING:
+    from .._transfer import Journal
+    from .._verify import Mismatch
 
 
 def _mismatch_doc(m: Mismatch) -> dict[str, Any]:
@@ -65,6 +67,8 @@ def _verify_transfer(j: Journal, name: str) -> dict[str, Any]:
 
 def _verify_manifest(d: bytes) -> dict[str, Any]:
     """Check every entry of ``d``'s commit marker (size and CRC32C), like a transfer."""
+    from .._verify import verify_checkpoint
+
     rep = verify_checkpoint(d)
     return {"version": JSON_VERSION, **_path_fields("dir", d), "name": rep.name,
             "committed": _iso(rep.committed_ns), "nranks": rep.nranks,
