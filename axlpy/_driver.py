@@ -163,6 +163,8 @@ class Driver:
         self.retry = retry
         #: counters of the queues ``open_queue`` returns, journaled when staging ends
         self.admission = admission
+        #: the hard-link groups, read once per driver (:meth:`_source_groups`)
+        self._groups: dict[int, int] | None = None
         self._owners: tuple[int, ...] | None = None
         # Destination roots that passed _check_inside_roots' root checks (they hold for
         # every row with that root, and the recorded roots do not change after dispatch).
@@ -451,7 +453,17 @@ class Driver:
     def _link_groups(self) -> dict[int, int]:
         """``{later name's id: first name's id}`` of the transfer's hard-link groups
         (empty with the ``hard_links`` option off); docs/design.md, "Hard links"."""
-        return self.jdb.link_groups(self.t.id) if self.opts.hard_links else {}
+        return self._source_groups() if self.opts.hard_links else {}
+
+    def _source_groups(self) -> dict[int, int]:
+        """The names of one source inode, linked or not (:meth:`JournalDB.link_groups`),
+        queried once per driver: a resume's check, its run and a move's source deletion
+        share it (one GROUP BY over every row: ~75 ms for 100k files). The groups are
+        the identities journaled at dispatch, which nothing changes after it, and a
+        driver is made after dispatch committed."""
+        if self._groups is None:
+            self._groups = self.jdb.link_groups(self.t.id)
+        return self._groups
 
     def _publish_hard_links(self, dirs: DirCache, later: dict[int, int]) -> list[FileRow]:
         """Publish each PENDING later name of a hard-link group as a link to its group's
@@ -783,7 +795,7 @@ class Driver:
         if rows is None:
             rows = self.jdb.files(self.t.id)
         adds = _recorded_adds(self.opts)
-        lg = self.jdb.link_groups(self.t.id)  # names of one source inode, linked or not
+        lg = self._source_groups()  # names of one source inode, linked or not
         grouped = set(lg) | set(lg.values())
         by_path: dict[bytes, int] = {}
         touched: dict[int, None] = {}

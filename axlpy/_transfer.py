@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import secrets
 import signal
 import threading
 import time
@@ -19,11 +18,9 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ._admission import AdmissionStats, AdmittedIOQueue, BoundedAdmission
 from ._boundary import ErrorContext, public_api
 from ._cancel import CancelReport
 from ._config import Options, default_journal_path, effective_options
-from ._driver import Driver, Progress, assign_temps, restat_sources
 from ._errors import (
     AxlError,
     InvalidTransitionError,
@@ -37,14 +34,18 @@ from ._retry import InterventionController, RetryPolicy, call_persistently
 from ._sources import Limits, walk_source
 from ._stall import EV_ABANDON, EV_STALL, EV_STALL_CLEARED, StallInfo, Watchdog
 from ._state import FileState, TransferState, TransferType
-from .engines import Engine, check_type, get_engine
 
 if TYPE_CHECKING:
+    # The engines, IO queues and the driver are imported by the calls that run a
+    # transfer, not by a program that only reads the journal (``axlpy ls``: issue 14.5).
+    from ._admission import AdmissionStats
+    from ._driver import Driver, Progress
     from ._verify import VerifyReport
-from .io import IOQueue, open_default_queue, open_queue
+    from .engines import Engine
+    from .io import IOQueue
 
 #: builds the IO queue of one engine thread from the queue depth (tests, embedders)
-QueueFactory = Callable[[int], IOQueue]
+QueueFactory = Callable[[int], "IOQueue"]
 
 __all__ = ["FileStatus", "Journal", "Options", "Owner", "Transfer", "TransferStatus",
            "TransferType"]
@@ -179,12 +180,16 @@ class Journal:
         """
         if not name or "\x00" in name:
             raise UsageError("a transfer name must be a non-empty string without NUL")
+        from .engines import check_type
+
         ttype = _type_name(type)
         check_type(ttype)  # an unknown type fails now, not at dispatch
         if step is not None and (isinstance(step, bool) or not isinstance(step, int)):
             raise UsageError(f"step must be an integer, not {step!r}")
         opts = effective_options(options, step=step)
-        tid = self.db.create_transfer(name, ttype, secrets.token_hex(4), opts)
+        # os.urandom is what secrets.token_hex reads; secrets imports hashlib and hmac,
+        # which load OpenSSL (start-up time)
+        tid = self.db.create_transfer(name, ttype, os.urandom(4).hex(), opts)
         return Transfer(self, self.db.transfer_by_id(tid), on_progress, queue_factory)
 
     def open(self, name: str, *,
@@ -403,6 +408,8 @@ class Transfer:
                                          _T.DISPATCHED.value)
         if not self.journal.db.count_files(row.id):
             raise UsageError(f"transfer {self.name!r} has no files; add() some first")
+        from ._driver import assign_temps, restat_sources
+
 
         def prepare(batch: list[FileRow]) -> tuple[Iterator[tuple[int, bytes]],
                                                     Iterator[SourceStat]]:
@@ -420,6 +427,11 @@ class Transfer:
         self._start(lambda d: d.run())
 
     def _driver(self) -> Driver:
+        from ._admission import AdmissionStats, AdmittedIOQueue, BoundedAdmission
+        from ._driver import Driver, Progress
+        from .engines import get_engine
+        from .io import open_default_queue, open_queue
+
         row = self._refresh()
         _, bt, _, ft = self.journal.db.progress(row.id)
         # DEFAULT's engine is chosen here only, from what is measured to matter
@@ -817,6 +829,8 @@ class Transfer:
         """What admission control did for this transfer: the counters of every run
         recorded in the journal (one ``admission`` event per run, written when its
         staging ends), plus those of a run still staging in this process."""
+        from ._admission import AdmissionStats
+
         total = AdmissionStats.total(self.journal.db.events(self._row.id))
         live = self._admission
         if live is not None and not live.recorded:
