@@ -32,7 +32,6 @@ Settings (read once per process, documented in docs/engines.md):
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 from dataclasses import dataclass
 from functools import cache
@@ -101,9 +100,10 @@ def settings() -> WriteBehind:
 @cache
 def _sync_file_range() -> Any:
     """libc's sync_file_range, or None where there is none."""
-    name = ctypes.util.find_library("c")
     try:
-        fn = ctypes.CDLL(name, use_errno=True).sync_file_range
+        # the process's own symbols, libc's among them (ctypes.util.find_library would
+        # import subprocess and run ldconfig in a child process)
+        fn = ctypes.CDLL(None, use_errno=True).sync_file_range
     except (OSError, AttributeError):
         return None
     fn.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
