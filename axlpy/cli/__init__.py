@@ -18,8 +18,8 @@ docs/design.md); the command line adds no state of its own besides the journal.
 
 from __future__ import annotations
 
-# Each command module (one per command group) registers its commands on ``cli``.
-from . import checkpoints, drain, gc, mpi, status, transfers, verify  # noqa: F401
+from typing import Any
+
 from ._app import (
     EXIT_FAILURE,
     EXIT_INTERRUPTED,
@@ -27,9 +27,20 @@ from ._app import (
     EXIT_USAGE,
     JSON_VERSION,
     _quote as _quote,
-    cli,
+    load_commands,
     main,
 )
+
+
+def __getattr__(name: str) -> Any:
+    # ``cli`` with every command registered (each command module registers its own on
+    # first use): the console script (:func:`main`) imports only the command it runs.
+    if name == "cli":
+        from ._app import cli
+
+        load_commands()
+        return cli
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "EXIT_FAILURE",

@@ -5,6 +5,7 @@ access and the entry point. Every command module registers on :data:`cli`.
 from __future__ import annotations
 
 import functools
+import importlib
 import logging
 import os
 import shlex
@@ -324,12 +325,34 @@ def _transfer(j: Journal, name: str,
 COMMAND_ORDER = ("cp", "ls", "status", "resume", "cancel", "free", "drain", "verify",
                  "latest", "prune", "gc", "mpi")
 
+#: the module (in this package) that registers each command on :data:`cli`: a command
+#: line imports only its command's module (start-up time), ``axlpy --help`` all of them
+COMMAND_MODULES = {
+    "cp": "transfers", "resume": "transfers", "cancel": "transfers", "free": "transfers",
+    "ls": "status", "status": "status", "drain": "drain", "verify": "verify",
+    "latest": "checkpoints", "prune": "checkpoints", "gc": "gc", "mpi": "mpi",
+}
+
+
+def load_commands() -> None:
+    """Import every command module (each registers its commands on :data:`cli`)."""
+    for module in dict.fromkeys(COMMAND_MODULES.values()):
+        importlib.import_module(f"{__package__}.{module}")
+
 
 class _Group(click.Group):
     def list_commands(self, ctx: click.Context) -> list[str]:
         # in COMMAND_ORDER, then any other in the order it was registered; not sorted
+        if self is cli:
+            load_commands()
         known = [c for c in COMMAND_ORDER if c in self.commands]
         return known + [c for c in self.commands if c not in COMMAND_ORDER]
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        module = COMMAND_MODULES.get(cmd_name) if self is cli else None
+        if module is not None and cmd_name not in self.commands:
+            importlib.import_module(f"{__package__}.{module}")
+        return super().get_command(ctx, cmd_name)
 
 
 @click.group(

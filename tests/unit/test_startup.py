@@ -13,10 +13,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import click
 import pytest
 
 import axlpy
 from axlpy._journal import FileRow
+from axlpy.cli._app import COMMAND_MODULES, COMMAND_ORDER
 from axlpy.engines import (
     INLINE_MAX_BYTES,
     INLINE_MAX_FILES,
@@ -88,7 +90,7 @@ def test_creating_and_writing_a_journal_imports_no_sqlite_utils(tmp_path: Path) 
     assert (tmp_path / "dst").read_bytes() == b"abc"
 
 
-# -- what each short command imports (python -X importtime -m axlpy ...) ---------------------
+# -- what each short command imports (python -m axlpy ...) ----------------------------------
 
 #: never needed by ``--help``, ``ls`` or a one-file ``cp``: other engines and queues, MPI,
 #: checkpoint lifecycle, gc/verify, the io_uring probe and its cache, and stdlib modules
@@ -106,37 +108,68 @@ JOURNAL = {"sqlite3", "axlpy._journal", "axlpy._transfer"}
 RUN = {"axlpy._driver", "axlpy._admission", "axlpy._checksum", "axlpy.engines", "axlpy.io"}
 
 
+#: runs ``python -m axlpy ARGS`` (runpy, as the interpreter does) and writes the names in
+#: ``sys.modules`` at exit to the file named by the first argument
+_AS_MAIN = """
+import atexit, runpy, sys
+out = sys.argv.pop(1)
+def dump():
+    with open(out, "w") as f:
+        f.write("\\n".join(sys.modules))
+atexit.register(dump)
+if sys.argv[1:]:
+    runpy.run_module("axlpy", run_name="__main__", alter_sys=True)
+"""
+
+
 def _imported(args: list[str], tmp_path: Path) -> set[str]:
-    """Every module ``python -X importtime ARGS`` imports beyond what ``python -c pass``
-    does here (site, sitecustomize: not axlpy's doing); the command must succeed."""
+    """Every module ``python -m axlpy ARGS`` has imported when it exits, beyond what an
+    empty run of the same launcher has (site, sitecustomize: not axlpy's doing); the
+    command must succeed."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("AXLPY_")}
     env["XDG_CACHE_HOME"] = str(tmp_path / "cache")
+    out = tmp_path / "modules.txt"
 
     def run(argv: list[str]) -> set[str]:
-        p = subprocess.run([sys.executable, "-X", "importtime", *argv], env=env,
+        p = subprocess.run([sys.executable, "-c", _AS_MAIN, str(out), *argv], env=env,
                            cwd=tmp_path, capture_output=True, text=True, timeout=120)
         assert p.returncode == 0, p.stderr[-2000:]
-        return {line.rsplit("|", 1)[1].strip() for line in p.stderr.splitlines()
-                if line.startswith("import time:") and "self [us]" not in line}
+        return set(out.read_text().split("\n"))
 
-    return run(args) - run(["-c", "pass"])
+    return run(args) - run([])
 
 
 def test_help_ls_and_one_file_cp_import_only_what_they_use(tmp_path: Path) -> None:
     journal = str(tmp_path / "journal" / "j.db")
     (tmp_path / "journal").mkdir(mode=0o700)
     (tmp_path / "src").write_bytes(b"abc")
-    cp = _imported(["-m", "axlpy", "--journal", journal, "cp", "--progress", "none",
+    cp = _imported(["--journal", journal, "cp", "--progress", "none",
                     str(tmp_path / "src"), str(tmp_path / "dst")], tmp_path)
     assert (tmp_path / "dst").read_bytes() == b"abc"
-    assert RUN | JOURNAL <= cp  # what a copy needs was seen: the parsing works
+    assert cp >= RUN | JOURNAL  # what a copy needs was seen: the parsing works
     assert cp & NEVER == set()
-    ls = _imported(["-m", "axlpy", "--journal", journal, "ls"], tmp_path)
-    assert JOURNAL <= ls
+    # only the command's own module of the CLI
+    others = {f"axlpy.cli.{m}" for m in COMMAND_MODULES.values()}
+    assert cp & others == {"axlpy.cli.transfers"}
+    ls = _imported(["--journal", journal, "ls"], tmp_path)
+    assert ls >= JOURNAL
     assert ls & (NEVER | RUN) == set()
-    helped = _imported(["-m", "axlpy", "--help"], tmp_path)
-    assert "click" in helped
+    assert ls & others == {"axlpy.cli.status"}
+    helped = _imported(["--help"], tmp_path)
+    assert "click" in helped and others <= helped  # every command's summary line
     assert helped & (NEVER | RUN | JOURNAL) == set()
+
+
+def test_each_command_is_registered_by_the_module_that_loads_it() -> None:
+    """The map the console script imports one command module by is complete and right
+    (a command missing from it would be unknown to ``axlpy CMD``)."""
+    from axlpy.cli import cli
+
+    assert isinstance(cli, click.Group)
+    assert set(cli.commands) == set(COMMAND_MODULES) == set(COMMAND_ORDER)
+    for name, cmd in cli.commands.items():
+        assert cmd.callback is not None
+        assert cmd.callback.__module__ == f"axlpy.cli.{COMMAND_MODULES[name]}", name
 
 
 def test_crc32c_without_package_init_is_the_real_function() -> None:
