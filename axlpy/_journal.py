@@ -130,7 +130,7 @@ FILE_BATCH = 1024
 
 #: schema 1, the tables and indexes the migrations build on, in the exact SQL text
 #: sqlite-utils generated for them when it created journals (``sqlite_master`` keeps that
-#: text, and ``tests/unit/test_journal_schema_sql.py`` compares it with what sqlite-utils
+#: text, and ``tests/unit/test_journal_sqlite3.py`` compares it with what sqlite-utils
 #: generates today): written by hand so that creating a journal does not import
 #: sqlite-utils (issue 14.5, start-up)
 _SCHEMA_1 = (
@@ -469,8 +469,8 @@ class JournalDB:
         try:
             yield
         except BaseException:
-            # An error such as a RAISE(ROLLBACK) trigger can end the whole transaction,
-            # savepoints included: then there is nothing left to roll back to.
+            # Some errors end the whole transaction (SQLite rolls back on SQLITE_FULL,
+            # for one): then there is no savepoint left to roll back to.
             if self.conn.in_transaction:
                 self.conn.execute(f"ROLLBACK TO SAVEPOINT {name}")
                 self.conn.execute(f"RELEASE SAVEPOINT {name}")

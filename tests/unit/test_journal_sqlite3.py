@@ -1,10 +1,12 @@
-"""A new journal is the same file as when sqlite-utils built its tables (issue 14.5).
+"""The journal on plain sqlite3 (issue 14.5): the same file as when sqlite-utils built
+its tables, and the same nested-transaction behaviour.
 
 The journal creates its schema-1 tables from SQL text written in ``axlpy/_journal.py``
 (``_SCHEMA_1``) so that creating a journal does not import sqlite-utils. SQLite keeps that
 text in ``sqlite_master``: here it is compared with what sqlite-utils generates for the
 same table definitions (the calls the journal used to make), and a whole new journal with
-one built the old way, so nothing on disk changed.
+one built the old way, so nothing on disk changed. A nested ``transaction()`` is a
+savepoint, as sqlite-utils' ``atomic()`` made it.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from axlpy._config import Options
 from axlpy._journal import _SCHEMA_1, APPLICATION_ID, JournalDB
 from axlpy._migrations import SCHEMA_VERSION, apply_steps
 
@@ -93,3 +96,29 @@ def test_new_journal_is_the_journal_the_old_code_built(tmp_path: Path) -> None:
         else:
             assert got == "wal"
     assert new.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+
+
+def test_nested_transaction_is_a_savepoint(tmp_path: Path) -> None:
+    """An error inside a nested transaction undoes only its own writes; the outer one
+    goes on and commits durably; an error in the outer one undoes everything."""
+    jdb = JournalDB(tmp_path / "j.db")
+    try:
+        tid = jdb.create_transfer("t", "sync", "0123abcd", Options())
+        with jdb.transaction() as db:
+            db.execute("INSERT INTO created_dirs (transfer_id, path, dev, ino) "
+                       "VALUES (?, x'61', 1, 1)", (tid,))
+            with pytest.raises(sqlite3.IntegrityError), jdb.transaction() as inner:
+                inner.execute("INSERT INTO created_dirs (transfer_id, path, dev, ino) "
+                              "VALUES (?, x'62', 1, 2)", (tid,))
+                inner.execute("INSERT INTO transfers (name) VALUES (NULL)")  # NOT NULL
+            assert db.in_transaction
+        with pytest.raises(RuntimeError), jdb.transaction() as db:
+            db.execute("INSERT INTO created_dirs (transfer_id, path, dev, ino) "
+                       "VALUES (?, x'63', 1, 3)", (tid,))
+            raise RuntimeError("the outer one fails")
+        assert not jdb.conn.in_transaction
+    finally:
+        jdb.close()
+    other = sqlite3.connect(tmp_path / "j.db")
+    assert other.execute("SELECT path FROM created_dirs ORDER BY path").fetchall() == [
+        (b"a",)]
