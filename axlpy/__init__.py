@@ -54,7 +54,7 @@ if TYPE_CHECKING:
     from ._verify import Mismatch, VerifyReport, verify_checkpoint
 
 #: public name -> the module that defines it, imported on first access (PEP 562), so that
-#: ``import axlpy`` and every ``axlpy`` command start fast: the journal (sqlite_utils), the
+#: ``import axlpy`` and every ``axlpy`` command start fast: the journal (sqlite3), the
 #: checksums (crc32c) and the engines load only when a program touches them
 _LAZY = {
     "AdmissionStats": "._admission",
