@@ -63,6 +63,7 @@ import stat
 from typing import NamedTuple
 
 from .._checksum import crc32c
+from .._admission import AdmittedIOQueue
 from .._crashpoints import crash_point
 from .._errors import (
     AxlError,
@@ -75,7 +76,7 @@ from .._identity import check_unchanged
 from .._metadata import apply_file
 from .._planted import planted
 from .._staging import create_temp, fsync_fd
-from ..io import IOQueue
+from ..io import IOQueue, PosixIOQueue
 from . import _writeback
 from ._base import StageContext, StageResult, StageTask
 
@@ -122,9 +123,48 @@ def open_source(task: StageTask, check: bool = True) -> int:
     return fd
 
 
+def _plain_posix(queue: IOQueue) -> bool:
+    """Is ``queue`` the transfer's own admitted POSIX queue, idle? Then one request
+    through it is exactly one ``preadv``/``pwritev`` loop on this thread (its admission
+    is its own, one slot per request), so :func:`queue_io` makes the call itself."""
+    if type(queue) is not AdmittedIOQueue or queue._closed or queue.in_flight:
+        return False
+    inner = queue.queue
+    return type(inner) is PosixIOQueue and not inner._reopen_direct and not inner._closed
+
+
 def queue_io(queue: IOQueue, write: bool, fd: int, buf: memoryview, offset: int,
              what: str, path: str) -> int:
-    """One read or write through ``queue``, waited for; raises IOBackendError on -errno."""
+    """One read or write through ``queue``, waited for; raises IOBackendError on -errno.
+
+    On the transfer's own POSIX queue the call is made here, with the queue's effect
+    (the same system calls, a short write continued, a read stopping at end of file,
+    the admission counted) but not its per-request bookkeeping: a small file's two
+    requests cost about as much Python as its system calls (docs/engines.md)."""
+    if _plain_posix(queue):
+        want = buf.nbytes
+        done = 0
+        try:
+            if write:
+                while done < want:
+                    n = os.pwritev(fd, [buf[done:] if done else buf], offset + done)
+                    if n == 0:  # pragma: no cover - pwrite never returns 0 for len > 0
+                        raise OSError(_errno.EIO, "pwrite wrote nothing")
+                    done += n
+            else:
+                while done < want:
+                    n = os.preadv(fd, [buf[done:] if done else buf], offset + done)
+                    if n == 0:
+                        break  # end of file
+                    done += n
+        except OSError as exc:
+            err = exc.errno or _errno.EIO
+            raise IOBackendError(
+                f"{what} of {path!r} failed: {os.strerror(err)}", errno=err, path=path
+            ) from OSError(err, os.strerror(err), path)
+        assert isinstance(queue, AdmittedIOQueue)
+        queue.stats.add(admitted=1)
+        return done
     if write:
         queue.prep_write(fd, buf, offset)
     else:
