@@ -41,8 +41,10 @@ __all__ = ["PthreadEngine", "default_workers"]
 MAX_WORKERS = 16
 #: how often a waiting generator looks at the cancel flag, seconds
 _POLL = 0.05
-#: most staged results waiting for the consumer (each holds its file's row)
-_MAX_UNTAKEN = 64
+#: most staged results waiting for the consumer (each holds its file's row): two of the
+#: driver's publish groups, so the workers stage the next group while it publishes one
+#: (its syncfs, renames, directory fsyncs and commits) instead of waiting for it
+_MAX_UNTAKEN = 512
 
 
 def default_workers(nfiles: int, requested: int = 0, max_open_files: int | None = None) -> int:

@@ -15,10 +15,12 @@ import pytest
 import axlpy
 from axlpy import _driver, _journal
 from axlpy._journal import FileRow
+from axlpy.engines import threaded
 from tests.conftest import tree_bytes, write_tree
 
 NFILES = 600
 BATCH = 32
+UNTAKEN = 64
 
 
 def _live_rows() -> int:
@@ -30,6 +32,9 @@ def counting(monkeypatch):
     """Small batches; the most FileRows alive whenever a group is published, the run
     starts, or a batch of rows is read."""
     monkeypatch.setattr(_journal, "FILE_BATCH", BATCH, raising=False)
+    # PTHREAD's bound on results waiting for the driver (two publish groups), scaled to
+    # this tree as the group is: the bound below must stay well under NFILES
+    monkeypatch.setattr(threaded, "_MAX_UNTAKEN", UNTAKEN)
     # Rows left alive by earlier tests in this process (garbage in reference cycles,
     # e.g. held by a traceback) are not this transfer's: counted once and taken off.
     gc.collect()
