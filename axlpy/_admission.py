@@ -109,6 +109,12 @@ class AdmissionStats:
                     raise TypeError(f"unknown admission counter {name!r}")
                 setattr(self, name, getattr(self, name) + n)
 
+    def admit(self, n: int = 1) -> None:
+        """Count ``n`` admitted requests (:meth:`add` without its name checks: the
+        per-request path of a small file, ``axlpy.engines._stager.queue_io``)."""
+        with self._lock:
+            self.admitted += n
+
     def as_dict(self) -> dict[str, int]:
         """The counters by name, in :data:`FIELDS` order."""
         with self._lock:
