@@ -567,13 +567,20 @@ class Driver:
             self._commit_staged(group)
         touched: dict[tuple[bytes, bytes], None] = {}
         owners = self._temp_owners()
-        for res in group:
-            t = res.task
-            d, name = _dir_and_name(t.row.rel)
-            self._check_fence()
-            with t.dir() as dir_fd:
+        with contextlib.ExitStack() as pin:
+            # One pin of a directory's fd for each run of files in it (not one per file).
+            key: tuple[bytes, bytes] | None = None
+            dir_fd = -1
+            for res in group:
+                t = res.task
+                d, name = _dir_and_name(t.row.rel)
+                self._check_fence()
+                if (t.row.root, d) != key:
+                    pin.close()
+                    key = (t.row.root, d)
+                    dir_fd = pin.enter_context(t.dirs.pinned(*key))
+                    touched[key] = None
                 self._publish_one(res, dir_fd, name, owners)
-            touched[(t.row.root, d)] = None
         if bad_order:
             self._commit_staged(group)
         self._check_fence()
