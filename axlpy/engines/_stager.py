@@ -62,8 +62,8 @@ import os
 import stat
 from typing import NamedTuple
 
-from .._checksum import crc32c
 from .._admission import AdmittedIOQueue
+from .._checksum import crc32c
 from .._crashpoints import crash_point
 from .._errors import (
     AxlError,
