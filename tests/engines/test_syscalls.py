@@ -22,8 +22,9 @@ import pytest
 
 pytestmark = [pytest.mark.requires_strace, pytest.mark.timeout(300)]
 
-#: the bound asserted (measured 14.9 before the read of ``size + 1`` bytes was cut)
-MAX_PER_FILE = 14.5
+#: the bound asserted (measured 14.9 before the read of ``size + 1`` bytes was cut, 12.85-13.0
+#: since batched durability; docs/engines.md "Small files" has the table)
+MAX_PER_FILE = 13.5
 NFILES = 2000
 
 _CHILD = r"""
