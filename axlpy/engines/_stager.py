@@ -99,14 +99,15 @@ def open_source(task: StageTask, check: bool = True) -> int:
     and (``check``) check it is still the regular file recorded at dispatch
     (:meth:`FileStager.copy_small` checks after its one read instead)."""
     row = task.row
-    name = os.fsdecode(row.src)
     try:
         fd = os.open(row.src, _SRC_FLAGS)
     except FileNotFoundError as exc:
+        name = os.fsdecode(row.src)
         raise SourceChangedError(f"source {name!r} vanished after dispatch",
                                  path=name, changed=("inode",)) from exc
     except OSError as exc:
         if exc.errno == _errno.ELOOP:
+            name = os.fsdecode(row.src)
             raise SourceChangedError(f"source {name!r} became a symlink after dispatch",
                                      path=name, changed=("inode",)) from exc
         raise
@@ -115,7 +116,8 @@ def open_source(task: StageTask, check: bool = True) -> int:
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            raise BadSourceError(f"source {name!r} is no longer a regular file")
+            raise BadSourceError(f"source {os.fsdecode(row.src)!r} is no longer a regular "
+                                 "file")
         check_unchanged(row, st, "since dispatch", "not copied")
     except BaseException:
         os.close(fd)
@@ -127,7 +129,8 @@ def _plain_posix(queue: IOQueue) -> bool:
     """Is ``queue`` the transfer's own admitted POSIX queue, idle? Then one request
     through it is exactly one ``preadv``/``pwritev`` loop on this thread (its admission
     is its own, one slot per request), so :func:`queue_io` makes the call itself."""
-    if type(queue) is not AdmittedIOQueue or queue._closed or queue.in_flight:
+    if (type(queue) is not AdmittedIOQueue or queue._closed or queue._pending
+            or queue._records or queue._early):  # closed, or requests in flight
         return False
     inner = queue.queue
     return type(inner) is PosixIOQueue and not inner._reopen_direct and not inner._closed
