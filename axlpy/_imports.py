@@ -7,8 +7,9 @@ through ``importlib.metadata`` (about 35 ms of CPU, a quarter of a short command
 budget); :func:`dist_version` reads an installed distribution's version from its
 ``.dist-info`` directory name for the same reason.
 
-The journal uses the standard :mod:`sqlite3` directly (``sqlite-utils`` and the
-``dateutil`` it imports cost a one-file copy about 25 ms).
+:func:`sqlite_utils` imports ``sqlite_utils`` without the ``numpy``/``pandas`` it tries
+(over 100 ms); it is needed only to create a new journal's tables: every other journal
+read and write is plain :mod:`sqlite3` on the same connection (issue 14.5).
 
 Nothing here writes to the disk.
 """
@@ -18,9 +19,49 @@ from __future__ import annotations
 import os
 import re
 import sys
+import threading
 from collections.abc import Callable
+from types import ModuleType
 
-__all__ = ["crc32c_function", "dist_version"]
+__all__ = ["crc32c_function", "dist_version", "sqlite_utils"]
+
+#: imports ``sqlite_utils`` tries and axlpy has no use for
+_UNWANTED = ("numpy", "pandas")
+
+_lock = threading.Lock()
+
+
+def sqlite_utils() -> ModuleType:
+    """The ``sqlite_utils`` module, imported once, without ``numpy``/``pandas``: they are
+    refused only in this thread and only while ``sqlite_utils`` itself is being imported
+    (another thread importing them meanwhile keeps them, and ``sqlite_utils`` then sees
+    them, as it would anyway)."""
+    import importlib
+
+    if "sqlite_utils" in sys.modules:  # import_module waits for a half-done import
+        return importlib.import_module("sqlite_utils")
+    import importlib.abc
+
+    thread = threading.get_ident()
+    refused = frozenset(n for n in _UNWANTED if n not in sys.modules)
+
+    class NotHere(importlib.abc.MetaPathFinder):
+        def find_spec(self, fullname: str, path: object = None,
+                      target: object = None) -> None:
+            if fullname in refused and threading.get_ident() == thread:
+                raise ModuleNotFoundError(
+                    f"{fullname} is not imported for sqlite_utils by axlpy", name=fullname)
+            return None
+
+    with _lock:
+        if "sqlite_utils" in sys.modules:
+            return importlib.import_module("sqlite_utils")
+        blocker = NotHere()
+        sys.meta_path.insert(0, blocker)
+        try:
+            return importlib.import_module("sqlite_utils")
+        finally:
+            sys.meta_path.remove(blocker)
 
 
 def crc32c_function() -> Callable[..., int]:

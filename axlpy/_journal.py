@@ -1,4 +1,5 @@
-"""The journal: one SQLite file (plain :mod:`sqlite3`) holding many transfers.
+"""The journal: one SQLite file holding many transfers (created with sqlite-utils, then
+read and written with plain :mod:`sqlite3` on one connection).
 
 Tables (schema version :data:`SCHEMA_VERSION` in ``PRAGMA user_version``, axlpy's
 ``PRAGMA application_id`` :data:`APPLICATION_ID`):
@@ -52,6 +53,7 @@ from . import _fstype
 from ._config import Options
 from ._crashpoints import crash_point
 from ._errors import JournalError, OwnershipError, SecurityError
+from ._imports import sqlite_utils as _sqlite_utils
 from ._lease import DEFAULT_LEASE_S, Owner, now_ns
 from ._migrations import SCHEMA_VERSION, apply_steps, migrate
 from ._planted import planted
@@ -129,41 +131,54 @@ class SourceStat(NamedTuple):
 #: rows per :meth:`JournalDB.file_batches` list: the rows a dispatch, run or resume holds
 FILE_BATCH = 1024
 
-#: schema 1, the tables and indexes the migrations build on, in the exact SQL text
-#: sqlite-utils generated for them when it created journals (``sqlite_master`` keeps that
-#: text, and ``tests/unit/test_journal_sqlite3.py`` compares it with what sqlite-utils
-#: generates today): written by hand so that creating a journal does not import
-#: sqlite-utils (issue 14.5, start-up)
-_SCHEMA_1 = (
-    'CREATE TABLE "transfers" (\n   "id" INTEGER PRIMARY KEY,\n   "name" TEXT NOT NULL,\n'
-    '   "type" TEXT NOT NULL,\n   "state" TEXT NOT NULL,\n   "token" TEXT NOT NULL,\n'
-    '   "options" TEXT NOT NULL,\n   "created_ns" INTEGER,\n   "updated_ns" INTEGER,\n'
-    '   "owner_pid" INTEGER,\n   "owner_host" TEXT,\n   "owner_start" TEXT,\n'
-    '   "error" TEXT\n);',
-    'CREATE UNIQUE INDEX "idx_transfers_name"\n    ON "transfers" ("name");',
-    'CREATE TABLE "files" (\n   "id" INTEGER PRIMARY KEY,\n'
-    '   "transfer_id" INTEGER NOT NULL REFERENCES "transfers"("id"),\n'
-    '   "kind" TEXT NOT NULL,\n   "src" BLOB NOT NULL,\n   "dst" BLOB NOT NULL,\n'
-    '   "root" BLOB NOT NULL,\n   "rel" BLOB NOT NULL,\n   "tmp" BLOB,\n'
-    '   "size" INTEGER,\n   "mtime_ns" INTEGER,\n   "mode" INTEGER,\n   "uid" INTEGER,\n'
-    '   "gid" INTEGER,\n   "link" BLOB,\n   "crc32c" INTEGER,\n   "state" TEXT NOT NULL,\n'
-    '   "bytes_done" INTEGER DEFAULT 0,\n   "error" TEXT\n);',
-    'CREATE UNIQUE INDEX "idx_files_transfer_id_dst"\n    ON "files" ("transfer_id", "dst");',
-    'CREATE INDEX "idx_files_transfer_id_state"\n    ON "files" ("transfer_id", "state");',
-    'CREATE TABLE "extents" (\n   "file_id" INTEGER REFERENCES "files"("id"),\n'
-    '   "idx" INTEGER,\n   "length" INTEGER,\n   "crc32c" INTEGER,\n'
-    '   PRIMARY KEY ("file_id", "idx")\n);',
-    'CREATE TABLE "events" (\n   "id" INTEGER PRIMARY KEY,\n'
-    '   "transfer_id" INTEGER NOT NULL,\n   "file_id" INTEGER,\n'
-    '   "ts_ns" INTEGER NOT NULL,\n   "event" TEXT NOT NULL,\n   "from_state" TEXT,\n'
-    '   "to_state" TEXT,\n   "detail" TEXT,\n   "pid" INTEGER\n);',
-    'CREATE INDEX "idx_events_transfer_id"\n    ON "events" ("transfer_id");',
-)
-
 _FILE_COLS = (
     "id, kind, src, dst, root, rel, tmp, size, mtime_ns, mode, uid, gid, link, crc32c, "
     "state, bytes_done, error, src_ctime_ns, src_ino, src_dev"
 )
+
+
+def _schema_1(conn: sqlite3.Connection) -> None:
+    """Create the schema-1 tables and indexes the migrations build on, with sqlite-utils
+    (imported here only: creating a journal is the one thing it is needed for; every other
+    read and write is plain :mod:`sqlite3`, issue 14.5). Runs inside the caller's
+    transaction: if the process dies, the journal file holds no tables and the next open
+    creates them again."""
+    db = _sqlite_utils().Database(conn, execute_plugins=False)  # no third-party plugins
+    db.table("transfers").create(
+        {
+            "id": int, "name": str, "type": str, "state": str, "token": str,
+            "options": str, "created_ns": int, "updated_ns": int,
+            "owner_pid": int, "owner_host": str, "owner_start": str, "error": str,
+        },
+        pk="id", not_null={"name", "type", "state", "token", "options"},
+    )
+    db.table("transfers").create_index(["name"], unique=True)
+    db.table("files").create(
+        {
+            "id": int, "transfer_id": int, "kind": str, "src": bytes, "dst": bytes,
+            "root": bytes, "rel": bytes, "tmp": bytes, "size": int, "mtime_ns": int,
+            "mode": int, "uid": int, "gid": int, "link": bytes, "crc32c": int,
+            "state": str, "bytes_done": int, "error": str,
+        },
+        pk="id", foreign_keys=[("transfer_id", "transfers", "id")],
+        not_null={"transfer_id", "kind", "src", "dst", "root", "rel", "state"},
+        defaults={"bytes_done": 0},
+    )
+    db.table("files").create_index(["transfer_id", "dst"], unique=True)
+    db.table("files").create_index(["transfer_id", "state"])
+    db.table("extents").create(
+        {"file_id": int, "idx": int, "length": int, "crc32c": int},
+        pk=("file_id", "idx"), foreign_keys=[("file_id", "files", "id")],
+    )
+    db.table("events").create(
+        {
+            "id": int, "transfer_id": int, "file_id": int, "ts_ns": int,
+            "event": str, "from_state": str, "to_state": str, "detail": str,
+            "pid": int,
+        },
+        pk="id", not_null={"transfer_id", "ts_ns", "event"},
+    )
+    db.table("events").create_index(["transfer_id"])
 
 
 def file_params(row: Mapping[str, Any]) -> tuple[Any, ...]:
@@ -385,8 +400,7 @@ class JournalDB:
             # Under the write lock: another process may have created it meanwhile.
             if not self._is_empty():
                 return
-            for sql in _SCHEMA_1:
-                db.execute(sql)
+            _schema_1(db)
             db.execute(f"PRAGMA application_id={APPLICATION_ID}")
             # The tables above are schema 1; the migrations build the rest in this same
             # transaction, so a fresh journal and an upgraded one are the same schema.

@@ -77,14 +77,19 @@ def test_cli_ls_reads_the_journal_without_sqlite_utils(tmp_path: Path) -> None:
     assert _loaded_after(code) == []
 
 
-def test_creating_and_writing_a_journal_imports_no_sqlite_utils(tmp_path: Path) -> None:
-    """The journal is plain sqlite3: creating one, and every write of a transfer, load
-    neither sqlite-utils nor the dateutil/numpy/pandas it would bring."""
+def test_writing_a_journal_imports_no_sqlite_utils(tmp_path: Path) -> None:
+    """sqlite-utils is imported only to create a journal's tables: every write of a
+    transfer into an existing journal loads neither it nor the dateutil/numpy/pandas it
+    would bring; creating a journal loads it without numpy/pandas."""
     (tmp_path / "src").write_bytes(b"abc")
-    code = (f"import axlpy\nwith axlpy.Journal({str(tmp_path / 'j.db')!r}) as j:\n"
+    journal = str(tmp_path / "j.db")
+    code = (f"import axlpy\nwith axlpy.Journal({journal!r}) as j:\n"
             "    t = j.create('t', 'sync')\n"
             f"    t.add({str(tmp_path / 'src')!r}, {str(tmp_path / 'dst')!r})\n"
             "    t.dispatch()\n    t.wait()\n    t.free()\n")
+    assert _loaded_after(code) == ["sqlite_utils"]  # created the journal
+    assert (tmp_path / "dst").read_bytes() == b"abc"
+    (tmp_path / "dst").unlink()
     loaded = _loaded_after(code + "import sys\nassert 'dateutil' not in sys.modules\n")
     assert loaded == [], loaded
     assert (tmp_path / "dst").read_bytes() == b"abc"
@@ -94,8 +99,9 @@ def test_creating_and_writing_a_journal_imports_no_sqlite_utils(tmp_path: Path) 
 
 #: never needed by ``--help``, ``ls`` or a one-file ``cp``: other engines and queues, MPI,
 #: checkpoint lifecycle, gc/verify, the io_uring probe and its cache, and stdlib modules
-#: the command path used to pull in (sqlite-utils and its dateutil; subprocess and
-#: ctypes.util for ldconfig; secrets/hashlib for a random token; socket for a hostname)
+#: the command path used to pull in (sqlite-utils and its dateutil: now only imported to
+#: create a journal's tables; subprocess and ctypes.util for ldconfig; secrets/hashlib for
+#: a random token; socket for a hostname)
 NEVER = {
     "sqlite_utils", "dateutil", "numpy", "pandas", "importlib.metadata", "crc32c",
     "liburing", "mpi4py", "pyverbs", "axlpy.io._uring", "axlpy.io._rdma",
@@ -143,6 +149,8 @@ def test_help_ls_and_one_file_cp_import_only_what_they_use(tmp_path: Path) -> No
     journal = str(tmp_path / "journal" / "j.db")
     (tmp_path / "journal").mkdir(mode=0o700)
     (tmp_path / "src").write_bytes(b"abc")
+    axlpy.Journal(journal).close()  # a copy into an existing journal (creating one
+    # imports sqlite-utils for its tables, once)
     cp = _imported(["--journal", journal, "cp", "--progress", "none",
                     str(tmp_path / "src"), str(tmp_path / "dst")], tmp_path)
     assert (tmp_path / "dst").read_bytes() == b"abc"
