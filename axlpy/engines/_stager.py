@@ -58,8 +58,10 @@ from __future__ import annotations
 
 import bisect
 import errno as _errno
+import functools
 import os
 import stat
+from collections.abc import Callable
 from typing import NamedTuple
 
 from .._admission import AdmittedIOQueue
@@ -247,6 +249,10 @@ class FileStager:
         #: the temp's bytes before this offset had their writeback started (those before
         #: ``_wb_prev`` a step earlier)
         self._wb_off = self._wb_hi = self._wb_prev = task.resume_from
+        #: who runs the page-cache system calls (write-behind, dropping pages): None =
+        #: the thread calling :meth:`chunk`/:meth:`written`; URING hands them to the
+        #: file's sync thread, so its ring thread never blocks in them (docs/engines.md)
+        self.run_behind: Callable[[Callable[[], None]], None] | None = None
 
     # -- open -----------------------------------------------------------------------------
 
@@ -435,7 +441,11 @@ class FileStager:
         self._ext_crc = crc32c(data, self._ext_crc)
         self.crc_off += data.nbytes
         if self._wb is not None and self._wb.dontneed:
-            _writeback.drop_pages(self.src_fd, offset, data.nbytes)
+            if self.run_behind is None:
+                _writeback.drop_pages(self.src_fd, offset, data.nbytes)
+            else:
+                self.run_behind(functools.partial(_writeback.drop_pages, self.src_fd,
+                                                  offset, data.nbytes))
         if self.crc_off - self._ext_start == self._ext or self.crc_off == self.size:
             self._ext_crcs[self._ext_idx] = (self._ext_crc, self._ext_start)
             self._ext_idx += 1
@@ -475,10 +485,13 @@ class FileStager:
         assert self._wb is not None
         self._wb_hi = max(self._wb_hi, end)
         if self._wb.step <= self._wb_hi - self._wb_off and self._wb_hi < self.size:
-            _writeback.start_writeback(self.tmp_fd, self._wb_off, self._wb_hi - self._wb_off)
-            if self._wb.drop_temp:  # the previous step's pages: written back by now, mostly
-                _writeback.drop_pages(self.tmp_fd, self._wb_prev, self._wb_off - self._wb_prev)
+            job = functools.partial(_writeback.behind, self.tmp_fd, self._wb_off,
+                                    self._wb_hi, self._wb_prev if self._wb.drop_temp else None)
             self._wb_prev, self._wb_off = self._wb_off, self._wb_hi
+            if self.run_behind is None:
+                job()
+            else:
+                self.run_behind(job)
 
     @property
     def all_written(self) -> bool:

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
-__all__ = ["WriteBehind", "drop_pages", "settings", "start_writeback"]
+__all__ = ["WriteBehind", "behind", "drop_pages", "settings", "start_writeback"]
 
 #: SYNC_FILE_RANGE_WRITE from <fcntl.h>
 _SFR_WRITE = 2
@@ -127,3 +127,12 @@ def drop_pages(fd: int, offset: int, nbytes: int) -> None:
         os.posix_fadvise(fd, offset, nbytes, os.POSIX_FADV_DONTNEED)
     except OSError:
         pass
+
+
+def behind(fd: int, start: int, end: int, drop_from: int | None) -> None:
+    """One write-behind step: start writeback of ``fd``'s ``[start, end)``, then (with
+    ``drop_from``) drop the pages of the previous step, ``[drop_from, start)``, whose
+    writeback was started one step earlier (mostly clean by now)."""
+    start_writeback(fd, start, end - start)
+    if drop_from is not None:
+        drop_pages(fd, drop_from, start - drop_from)

@@ -56,8 +56,14 @@ __all__ = ["UringEngine", "op_size_for"]
 
 #: bytes of chunk buffers in flight at once (slots x op size)
 INFLIGHT_BYTES = 64 << 20
-#: largest single read/write; smaller ops mean more of them in flight per file
-MAX_OP = 1 << 20
+#: slots one file may hold while other files wait to be opened. Measured on 1 x 2 GiB
+#: (docs/engines.md, "URING on large files"): 64 x 1 MiB requests in flight on one file
+#: cost 4x the kernel CPU of a few 8 MiB ones for the same bytes (5.3 s against 1.3 s)
+#: and ran 3x slower; and io_uring writes to one file one at a time, so several files
+#: in flight write in parallel.
+PER_FILE_SLOTS = 2
+#: files open at once at most (also bounded by the transfer's fd budget)
+MAX_OPEN_FILES = 64
 #: how long one wait for completions may block before the cancel flag is looked at
 _POLL = 0.1
 #: while sync threads hold work, wait for IO completions in slices this short
@@ -67,10 +73,9 @@ SYNC_THREADS = 4
 
 
 def op_size_for(chunk_size: int) -> int:
-    """The read/write size: ``chunk_size``, split into 1 MiB ops when it is a multiple of
-    1 MiB (so ops never cross an extent boundary, extents being multiples of chunks)."""
-    if chunk_size > MAX_OP and chunk_size % MAX_OP == 0:
-        return MAX_OP
+    """The read/write size: one chunk per request (never split: many small requests in
+    flight on one file cost more kernel CPU than they gain, see :data:`INFLIGHT_BYTES`).
+    Ops never cross an extent boundary, extents being multiples of chunks."""
     return chunk_size
 
 
@@ -180,14 +185,44 @@ class UringEngine(Engine):
         if first is None:
             return
         run = _Run(first, it, ctx)
+        out: _queue.SimpleQueue[object] = _queue.SimpleQueue()
+        ring = threading.Thread(target=run.drive, args=(out,), name="axlpy-uring",
+                                daemon=True)
         try:
-            yield from run.loop()
+            # The ring runs on a thread of its own: while the driver publishes a group on
+            # this thread (syncfs, renames, journal commits), reads and writes go on.
+            ring.start()
+            while (item := _take(out, ctx)) is not _DONE:
+                if isinstance(item, BaseException):
+                    raise item
+                assert isinstance(item, StageResult)
+                run.untaken.release()
+                yield item
+                if ctx.cancel.is_set():
+                    raise TransferCancelledError("transfer cancelled while copying")
         finally:
+            run.stop.set()
+            if ring.ident is not None:
+                ring.join()
             run.close()
 
 
+_DONE = object()
+
+
+def _take(out: _queue.SimpleQueue[object], ctx: StageContext) -> object:
+    """The ring thread's next result, error or ``_DONE``; raises on a cancel."""
+    while True:
+        try:
+            return out.get(timeout=_POLL)
+        except _queue.Empty:
+            if ctx.cancel.is_set():
+                raise TransferCancelledError("transfer cancelled while copying") from None
+
+
 class _Run:
-    """The state of one ``stage()`` call (one background thread)."""
+    """The state of one ``stage()`` call: built on the caller's thread, driven by the
+    ring thread (:meth:`drive`), closed on the caller's thread after that returned."""
 
     def __init__(self, first: StageTask, tasks: Iterator[StageTask],
                  ctx: StageContext) -> None:
@@ -211,24 +246,45 @@ class _Run:
         self.free = list(range(self.nslots))
         self.in_flight = 0
         self.syncers = _Syncers(SYNC_THREADS)
-        #: files open at once (2 fds each: the transfer's fd budget caps it)
-        self.max_files = max(1, min(self.nslots, ctx.max_open_files))
+        #: files open at once (2 fds each: the transfer's fd budget caps it). Not tied to
+        #: the slots: a file whose bytes are all written holds none while its sync
+        #: thread finishes it, and the next files must not wait for that.
+        self.max_files = max(1, min(MAX_OPEN_FILES, ctx.max_open_files))
+        #: files opened whose result the driver has not taken yet (at most
+        #: MAX_OPEN_FILES): rows in memory stay bounded while it publishes a group
+        self.untaken = threading.BoundedSemaphore(MAX_OPEN_FILES)
+        #: set when ``stage()`` ends (its generator closed, an error, a cancel)
+        self.stop = threading.Event()
 
-    # -- main loop ----------------------------------------------------------------------
+    # -- main loop (on the ring thread) --------------------------------------------------
+
+    def drive(self, out: _queue.SimpleQueue[object]) -> None:
+        """The ring thread: put each result, or the error that ended the run, then
+        ``_DONE``. Stops (TransferCancelledError) once :attr:`stop` or the cancel flag is
+        set; :meth:`close` runs after it returned."""
+        try:
+            for res in self.loop():
+                out.put(res)
+        except BaseException as exc:
+            out.put(exc)
+        finally:
+            out.put(_DONE)
 
     def loop(self) -> Iterator[StageResult]:
-        ctx = self.ctx
+        ctx, stop = self.ctx, self.stop
         while self.more() or self.active or self.done:
-            if ctx.cancel.is_set():
+            if ctx.cancel.is_set() or stop.is_set():
                 raise TransferCancelledError("transfer cancelled while copying")
             self.fill()
             while self.done:
                 yield self.done.pop(0)
-                if ctx.cancel.is_set():
-                    raise TransferCancelledError("transfer cancelled while copying")
             if self.syncers.pending:
                 self.sync_results(0 if self.in_flight else _POLL)
             if not self.in_flight:
+                # Nothing to wait for but the driver taking results (too many untaken)?
+                if (not self.active and not self.syncers.pending and self.more()
+                        and self.untaken.acquire(timeout=_POLL)):
+                    self.untaken.release()
                 continue
             for c in self.q.reap(1, _SLICE if self.syncers.pending else _POLL):
                 # after a cancel, completions only give their slots back (no new writes)
@@ -251,12 +307,18 @@ class _Run:
         prepared = 0
         holes: dict[_File, None] = {}
         while self.free:
-            f = next((f for f in self.active if f.read_off < f.size), None)
+            f = next((f for f in self.active
+                      if f.read_off < f.size and f.in_flight + len(f.ready) < PER_FILE_SLOTS),
+                     None)
             if f is None:
-                if len(self.active) >= self.max_files or not self.more():
+                if (len(self.active) < self.max_files and self.more()
+                        and self.untaken.acquire(blocking=False)):
+                    self.open_next()
+                    continue
+                # No other file to start: the files in flight may take more slots.
+                f = next((f for f in self.active if f.read_off < f.size), None)
+                if f is None:
                     break
-                self.open_next()
-                continue
             slot = self.free.pop()
             # A read never crosses an extent boundary: extent CRCs stay op-aligned.
             want = f.st.read_len(f.read_off, self.op)
@@ -305,6 +367,10 @@ class _Run:
             raise name_file(exc, task)  # noqa: B904 (keeps its own __cause__)
         f = _File(st, task.resume_from)
         f.syncer = self.syncers.assign()
+        # Write-behind (sync_file_range, dropping the temp's written-back pages) can
+        # block for milliseconds when the device queue is full: on the file's sync
+        # thread, in order with its extent commits, never on this one.
+        st.run_behind = functools.partial(self.syncers.put, f)
         self.active.append(f)
         if f.read_off >= f.size:
             self.finish(f)

@@ -80,10 +80,11 @@ def test_default_workers():
     assert default_workers(2, 8) == 2
 
 
-@pytest.mark.parametrize(("chunk", "op"), [(8 * MiB, MiB), (64 * KiB, 64 * KiB), (3 * MiB, MiB),
-                                           (MiB + 4096, MiB + 4096)])
-def test_op_size(chunk, op):
-    assert op_size_for(chunk) == op
+@pytest.mark.parametrize("chunk", [8 * MiB, 64 * KiB, 3 * MiB, MiB + 4096])
+def test_op_size(chunk):
+    # One request per chunk: 1 MiB splits of an 8 MiB chunk (64 in flight on one file)
+    # made URING 3x slower on a 2 GiB file (docs/engines.md, "URING on large files").
+    assert op_size_for(chunk) == chunk
 
 
 @pytest.mark.parametrize("ttype", TYPES)
