@@ -110,6 +110,15 @@ class _Tag:
     want: int
 
 
+def _hint(job: Callable[[], None]) -> None:
+    """Run a page-cache call queued by :meth:`_Syncers.hint`: advice, so an OSError is
+    ignored (any other error still ends the run, through the results)."""
+    try:
+        job()
+    except OSError:
+        pass
+
+
 class _Syncers:
     """A few threads running blocking fdatasync/fsync jobs; each file on one, in order."""
 
@@ -132,13 +141,18 @@ class _Syncers:
               ) -> None:
         while (item := jobs.get()) is not None:
             f, job = item
+            quiet = job.func is _hint if isinstance(job, functools.partial) else False
             if self.stop.is_set():
-                self.results.put((f, None, TransferCancelledError("stopped")))
+                if not quiet:
+                    self.results.put((f, None, TransferCancelledError("stopped")))
                 continue
             try:
-                self.results.put((f, job(), None))
+                value = job()
             except BaseException as exc:
                 self.results.put((f, None, exc))
+                continue
+            if not quiet:
+                self.results.put((f, value, None))
 
     def assign(self) -> int:
         self.next = (self.next + 1) % len(self.jobs)
@@ -147,6 +161,12 @@ class _Syncers:
     def put(self, f: _File, job: Callable[[], object]) -> None:
         self.pending += 1
         self.jobs[f.syncer].put((f, job))
+
+    def hint(self, f: _File, job: Callable[[], None]) -> None:
+        """Queue a page-cache call (write-behind, dropping pages) after the file's jobs
+        so far: nothing comes back (those calls ignore their errors; the fsync is the
+        authority), so the ring thread does not wake up for it."""
+        self.jobs[f.syncer].put((f, functools.partial(_hint, job)))
 
     def get(self, timeout: float) -> tuple[_File, object, BaseException | None] | None:
         try:
@@ -370,7 +390,7 @@ class _Run:
         # Write-behind (sync_file_range, dropping the temp's written-back pages) can
         # block for milliseconds when the device queue is full: on the file's sync
         # thread, in order with its extent commits, never on this one.
-        st.run_behind = functools.partial(self.syncers.put, f)
+        st.run_behind = functools.partial(self.syncers.hint, f)
         self.active.append(f)
         if f.read_off >= f.size:
             self.finish(f)
