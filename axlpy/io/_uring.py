@@ -104,22 +104,63 @@ def load_liburing() -> ModuleType:
 
 
 def _import_liburing() -> ModuleType:
-    # Several *processes* (MPI ranks) importing it at once can also race on that .pyc
-    # (seen: FileNotFoundError from its importer): drop the half-made module and retry.
-    for attempt in range(5):
-        try:
-            import liburing
+    """Import liburing in this process, with other processes kept out meanwhile.
 
-            if hasattr(liburing, "io_uring"):
-                module: ModuleType = liburing
-                return module
-        except (ImportError, OSError):
-            if attempt == 4:
-                raise
-        for name in [m for m in sys.modules if m == "liburing" or m.startswith("liburing.")]:
-            del sys.modules[name]
-        time.sleep(0.05 * (attempt + 1))
+    liburing 2024.5.3's ``__init__`` runs ``dynamic_import.importer()``, whose cache loader
+    never succeeds (a bug in ``load_cache``), so *every* import removes and rewrites
+    ``liburing/__pycache__/__init__.importer-311.pyc``. Processes importing it at once
+    (MPI ranks, parallel tests) race on that file (``FileNotFoundError``), and the importer
+    marks the package as done *before* that work, so a retry in the same process used to
+    get the bare package without ``io_uring`` (about 1 in 30 of 16 processes started
+    together). An exclusive ``flock`` on the package directory while importing serialises
+    the processes of every user who can read it; if an import still fails, the importer's
+    record is dropped so the retry runs it again. Nothing axlpy owns is written.
+    """
+    import fcntl
+    import importlib.util
+
+    spec = importlib.util.find_spec("liburing")  # locates, runs nothing
+    where = list(spec.submodule_search_locations or []) if spec else []
+    lock_fd = -1
+    if where:
+        try:
+            lock_fd = os.open(where[0], os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            fcntl.flock(lock_fd, fcntl.LOCK_EX)
+        except OSError:  # unreadable or no flock here: import as before
+            if lock_fd >= 0:
+                os.close(lock_fd)
+            lock_fd = -1
+    try:
+        for attempt in range(5):
+            try:
+                import liburing
+
+                if hasattr(liburing, "io_uring"):
+                    module: ModuleType = liburing
+                    return module
+            except (ImportError, OSError):
+                if attempt == 4:
+                    raise
+            for name in [m for m in sys.modules
+                         if m == "liburing" or m.startswith("liburing.")]:
+                del sys.modules[name]
+            _forget_importer_record(where)
+            time.sleep(0.05 * (attempt + 1))
+    finally:
+        if lock_fd >= 0:
+            os.close(lock_fd)  # releases the flock
     raise BackendUnavailableError("liburing imported without its io_uring API")
+
+
+def _forget_importer_record(where: list[str]) -> None:
+    # dynamic_import.check.IMPORTER_CALLED maps "<package dir>/" to the sub-directories it
+    # excluded; while the entry is there, importer() returns at once and leaves the bare
+    # package in sys.modules.
+    check = sys.modules.get("dynamic_import.check")
+    called = getattr(check, "IMPORTER_CALLED", None)
+    if isinstance(called, dict):
+        for path in where:
+            called.pop(os.path.join(path, ""), None)
 
 
 def _check_kernel() -> None:
