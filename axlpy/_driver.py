@@ -1371,7 +1371,7 @@ def assign_temps(rows: Sequence[FileRow], token: str, tid: int
 
     for r in rows:
         if r.kind != "dir":
-            r.tmp = temp_name(_dir_and_name(r.rel)[1], token, tid, r.id)
+            r.tmp = temp_name(r.rel.rpartition(b"/")[2], token, tid, r.id)
     return ((r.id, r.tmp) for r in rows if r.kind != "dir" and r.tmp is not None)
 
 

@@ -181,19 +181,13 @@ def _schema_1(conn: sqlite3.Connection) -> None:
     db.table("events").create_index(["transfer_id"])
 
 
-def file_params(row: Mapping[str, Any]) -> tuple[Any, ...]:
-    """A ``walk_source`` row as :meth:`JournalDB.add_files` takes it: ``(kind, src, dst,
-    root, rel, size, mtime_ns, mode, uid, gid, link)``."""
-    return (row["kind"], row["src"], row["dst"], row["root"], row["rel"], row["size"],
-            row["mtime_ns"], row["mode"], row["uid"], row["gid"], row.get("link"))
-
-
 def _blob(v: Any) -> bytes:
     # Paths are BLOBs; a row edited by hand (sqlite3 CLI, ``||``) may hold TEXT instead.
     return os.fsencode(v) if isinstance(v, str) else bytes(v)
 
 
 _STATE_OF = {s.value: s for s in FileState}
+_STATE_TEXT = {s: s.value for s in FileState}
 
 
 def _file_row(r: Sequence[Any]) -> FileRow:
@@ -602,14 +596,17 @@ class JournalDB:
             for batch in self.file_batches(tid):
                 n += len(batch)
                 temps, sources = prepare(batch)
+                # One row rewrite per file (its identity and temp name together), one
+                # per symlink (its temp name): a batch's temps are held, not all rows.
+                tmps = dict(temps)
                 self.conn.executemany(
                     "UPDATE files SET size = ?, mtime_ns = ?, mode = ?, src_ctime_ns = ?,"
-                    " src_ino = ?, src_dev = ? WHERE id = ? AND transfer_id = ?",
-                    ((s.size, s.mtime_ns, s.mode, s.ctime_ns, s.ino, s.dev, s.file_id, tid)
-                     for s in sources))
+                    " src_ino = ?, src_dev = ?, tmp = ? WHERE id = ? AND transfer_id = ?",
+                    ((s.size, s.mtime_ns, s.mode, s.ctime_ns, s.ino, s.dev,
+                      tmps.pop(s.file_id), s.file_id, tid) for s in sources))
                 self.conn.executemany(
                     "UPDATE files SET tmp = ? WHERE id = ? AND transfer_id = ?",
-                    ((tmp, fid, tid) for fid, tmp in temps))
+                    ((tmp, fid, tid) for fid, tmp in tmps.items()))
         return n
 
     def pause(self, tid: int, detail: str, *, name: str = "") -> bool:
@@ -770,13 +767,24 @@ class JournalDB:
 
     # -- files ----------------------------------------------------------------------------
 
-    def add_files(self, tid: int, rows: Sequence[Sequence[Any]],
-                  options: Options | None = None) -> None:
+    def add_files(self, tid: int, rows: Iterable[Sequence[Any]],
+                  options: Options | None = None) -> int:
         """Insert PENDING file rows for one ``add()`` in one transaction, together with
-        the transfer's new ``options`` if given: all of it or nothing. Each row is
-        :func:`file_params` of a ``walk_source`` row (a tuple: a dict per row would cost
-        a kilobyte each for a 100k-file add)."""
+        the transfer's new ``options`` if given: all of it or nothing. Each row is a
+        :data:`~axlpy._sources.SourceRow` (``walk_source``): they are consumed as they
+        are inserted, so a generator's rows are never all held; whatever it raises rolls
+        the transaction back and propagates. Returns how many rows were added."""
         pending = FileState.PENDING.value
+        n = 0
+        last: Sequence[Any] = ()
+
+        def params() -> Iterator[tuple[Any, ...]]:
+            nonlocal n, last
+            for row in rows:
+                last = row
+                n += 1
+                yield (tid, *row, pending)
+
         try:
             with self.transaction() as db:
                 if options is not None:
@@ -786,31 +794,19 @@ class JournalDB:
                     "INSERT INTO files (transfer_id, kind, src, dst, root, rel, size,"
                     " mtime_ns, mode, uid, gid, link, state) VALUES"
                     " (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    ((tid, *row, pending) for row in rows),
+                    params(),
                 )
-                self._event(tid, "add", detail=f"{len(rows)} entries")
+                self._event(tid, "add", detail=f"{n} entries")
         except sqlite3.IntegrityError:
-            # Rolled back: name the duplicate now, against what the journal held before.
+            # Rolled back. The only constraint a walk's row can break is the unique
+            # (transfer_id, dst): the row that broke it is the last one taken, a
+            # destination added twice (within this add or to the transfer before).
             from ._errors import UsageError
 
-            raise UsageError(f"destination {os.fsdecode(self._dup_dst(tid, rows))!r}"
+            raise UsageError(f"destination {os.fsdecode(bytes(last[2]))!r}"
                              " is added twice to this transfer") from None
         crash_point("add.after_commit")
-
-    def _dup_dst(self, tid: int, rows: Sequence[Sequence[Any]]) -> bytes:
-        """The first destination of ``rows`` added twice: within ``rows``, or already in
-        the transfer (called after the failed insert was rolled back)."""
-        seen: set[bytes] = set()
-        for row in rows:
-            dst = row[2]
-            if dst in seen:
-                return bytes(dst)
-            seen.add(dst)
-        for row in rows:
-            if self.conn.execute("SELECT 1 FROM files WHERE transfer_id = ? AND dst = ?",
-                                 (tid, row[2])).fetchone():
-                return bytes(row[2])
-        return b"?"  # pragma: no cover - the constraint names a duplicate destination
+        return n
 
     def files(self, tid: int, states: Iterable[FileState] | None = None) -> list[FileRow]:
         # Built from the cursor row by row (not fetchall()): 100k raw tuples and 100k
@@ -974,10 +970,14 @@ class JournalDB:
         now = time.time_ns()
         # One executemany per statement shape (the columns set): a group of 256 files is
         # one or two statements, not 256 (docs/benchmarks.md, journal cost per file).
+        # States bound as plain str from a dict (the enum's ``.value`` property per row,
+        # twice per file, cost more; a StrEnum member bound as is costs more still:
+        # sqlite3 tries to adapt a str subclass).
+        text = _STATE_TEXT
         shapes: dict[tuple[str, ...], list[tuple[Any, ...]]] = {}
         for row, to, values in changes:
             shapes.setdefault(tuple(values), []).append(
-                (to.value, *values.values(), row.id, row.state.value))
+                (text[to], *values.values(), row.id, text[row.state]))
         with self.transaction() as db:
             conn = self.conn
             for keys, params in shapes.items():

@@ -10,6 +10,7 @@ new process finishes the job from the journal alone.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import signal
 import threading
@@ -28,10 +29,10 @@ from ._errors import (
     TransferCancelledError,
     UsageError,
 )
-from ._journal import FileRow, JournalDB, SourceStat, TransferRow, file_params
+from ._journal import FileRow, JournalDB, SourceStat, TransferRow
 from ._lease import HEARTBEAT, Owner
 from ._retry import InterventionController, RetryPolicy, call_persistently
-from ._sources import Limits, walk_source
+from ._sources import DST, KIND, ROOT, SRC, Limits, walk_source
 from ._stall import EV_ABANDON, EV_STALL, EV_STALL_CLEARED, StallInfo, Watchdog
 from ._state import FileState, TransferState, TransferType
 
@@ -378,17 +379,17 @@ class Transfer:
         opts = row.options
         walk = walk_source(s, d, symlinks=opts.symlinks, limits=limits or Limits())
         first = next(walk)
-        # Kept as tuples, each dict dropped as soon as it is made (memory of a big add).
-        rows = [file_params(first), *map(file_params, walk)]
         # Record the destination root (resume never writes outside the recorded roots)
         # and what this add named (move mode deletes only inside it) in the same
         # transaction as the rows: all of it or nothing.
-        root = os.fsdecode(first["root"])
-        add = (os.fsdecode(first["src"]), os.fsdecode(first["dst"]), str(first["kind"]))
+        root = os.fsdecode(first[ROOT])
+        add = (os.fsdecode(first[SRC]), os.fsdecode(first[DST]), first[KIND])
         new = opts.replace(roots=opts.roots if root in opts.roots else (*opts.roots, root),
                            adds=(*(opts.adds or ()), add))
-        self.journal.db.add_files(row.id, rows, options=new)
-        return len(rows)
+        # The rest of the walk is streamed into the insert: its rows are never all held
+        # (issue 14.4).
+        return self.journal.db.add_files(row.id, itertools.chain((first,), walk),
+                                         options=new)
 
     # -- dispatch -------------------------------------------------------------------------
 
