@@ -37,6 +37,7 @@ one. sqlite3 errors leave this module raw; the public API maps them
 from __future__ import annotations
 
 import array
+import itertools
 import json
 import os
 import sqlite3
@@ -130,6 +131,8 @@ class SourceStat(NamedTuple):
 
 #: rows per :meth:`JournalDB.file_batches` list: the rows a dispatch, run or resume holds
 FILE_BATCH = 1024
+#: rows per insert into ``add_files``' private spool (the add's rows held at once)
+_SPOOL_BATCH = 256
 
 _FILE_COLS = (
     "id, kind, src, dst, root, rel, tmp, size, mtime_ns, mode, uid, gid, link, crc32c, "
@@ -220,6 +223,7 @@ class JournalDB:
         self.path = os.fspath(path)
         self.busy_timeout = busy_timeout
         self._lock = threading.RLock()
+        self._spools = itertools.count(1)  # add_files' TEMP table names
         #: schema versions this open migrated the journal through (empty: none)
         self.migrated: list[int] = []
         #: the filesystem the journal is on; on a shared one, ``exclusive`` says whether
@@ -771,40 +775,74 @@ class JournalDB:
                   options: Options | None = None) -> int:
         """Insert PENDING file rows for one ``add()`` in one transaction, together with
         the transfer's new ``options`` if given: all of it or nothing. Each row is a
-        :data:`~axlpy._sources.SourceRow` (``walk_source``): they are consumed as they
-        are inserted, so a generator's rows are never all held; whatever it raises rolls
-        the transaction back and propagates. Returns how many rows were added."""
+        :data:`~axlpy._sources.SourceRow` (``walk_source``). Returns how many rows were
+        added.
+
+        The rows are never all held, and the walk that makes them runs outside the
+        journal's write lock: they are spooled, :data:`_SPOOL_BATCH` at a time, into a TEMP
+        table private to this connection (the connection lock is taken per batch, so
+        this process's other threads, lease renewals among them, and other processes
+        keep committing during a long walk); then one transaction copies them into
+        ``files``. Whatever the walk raises propagates and nothing is added. If the
+        process dies during the walk, the journal is unchanged (a TEMP table lives in a
+        private temporary file that vanishes with the connection)."""
         pending = FileState.PENDING.value
+        spool = f"temp.add_spool_{next(self._spools)}"
+        cols = "kind, src, dst, root, rel, size, mtime_ns, mode, uid, gid, link"
         n = 0
-        last: Sequence[Any] = ()
-
-        def params() -> Iterator[tuple[Any, ...]]:
-            nonlocal n, last
-            for row in rows:
-                last = row
-                n += 1
-                yield (tid, *row, pending)
-
         try:
-            with self.transaction() as db:
-                if options is not None:
-                    db.execute("UPDATE transfers SET options = ? WHERE id = ?",
-                               (_options_json(options), tid))
-                self.conn.executemany(
-                    "INSERT INTO files (transfer_id, kind, src, dst, root, rel, size,"
-                    " mtime_ns, mode, uid, gid, link, state) VALUES"
-                    " (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    params(),
-                )
-                self._event(tid, "add", detail=f"{n} entries")
-        except sqlite3.IntegrityError:
-            # Rolled back. The only constraint a walk's row can break is the unique
-            # (transfer_id, dst): the row that broke it is the last one taken, a
-            # destination added twice (within this add or to the transfer before).
-            from ._errors import UsageError
+            with self._lock:
+                self.conn.execute(f"CREATE TABLE {spool} ({cols})")
+            it = iter(rows)
+            while True:
+                batch = list(itertools.islice(it, _SPOOL_BATCH))
+                if not batch:
+                    break
+                n += len(batch)
+                with self._lock:
+                    own = not self.conn.in_transaction
+                    if own:
+                        self.conn.execute("BEGIN")  # takes no lock on the journal file
+                    try:
+                        self.conn.executemany(
+                            f"INSERT INTO {spool} VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                            batch)
+                    except BaseException:
+                        if own:
+                            self.conn.execute("ROLLBACK")
+                        raise
+                    if own:
+                        self.conn.execute("COMMIT")
+                del batch  # before the next one is built: one batch alive at a time
+            try:
+                with self.transaction() as db:
+                    if options is not None:
+                        db.execute("UPDATE transfers SET options = ? WHERE id = ?",
+                                   (_options_json(options), tid))
+                    db.execute(
+                        f"INSERT INTO files (transfer_id, {cols}, state)"
+                        f" SELECT ?, {cols}, ? FROM {spool} ORDER BY rowid",
+                        (tid, pending),
+                    )
+                    self._event(tid, "add", detail=f"{n} entries")
+            except sqlite3.IntegrityError:
+                # Rolled back. The only constraint a walk's row can break is the unique
+                # (transfer_id, dst): a destination added twice, within this add or to
+                # the transfer before.
+                from ._errors import UsageError
 
-            raise UsageError(f"destination {os.fsdecode(bytes(last[2]))!r}"
-                             " is added twice to this transfer") from None
+                with self._lock:
+                    dup = self.conn.execute(
+                        f"SELECT dst FROM {spool} GROUP BY dst HAVING count(*) > 1"
+                        f" UNION ALL SELECT s.dst FROM {spool} s JOIN files f"
+                        f" ON f.transfer_id = ? AND f.dst = s.dst LIMIT 1", (tid,),
+                    ).fetchone()
+                name = os.fsdecode(bytes(dup[0])) if dup else "?"
+                raise UsageError(f"destination {name!r} is added twice to this transfer"
+                                 ) from None
+        finally:
+            with self._lock:
+                self.conn.execute(f"DROP TABLE IF EXISTS {spool}")
         crash_point("add.after_commit")
         return n
 

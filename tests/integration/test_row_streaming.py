@@ -158,3 +158,73 @@ def test_streamed_add_names_a_duplicate_and_adds_nothing(journal, tmp_path):
     assert [f.dst for f in t.files()] == [
         str(tmp_path / "dst" / "d001" / "file-with-a-longish-name-002")]
     assert [e["event"] for e in t.events()].count("add") == 1
+
+
+def test_a_long_add_walk_holds_no_journal_lock(journal, tmp_path, monkeypatch):
+    """While add() walks a tree, other writers are not kept waiting for the walk: another
+    process can begin a write transaction at once (busy timeout 0), and another thread of
+    this process can commit through the same journal. Both happen mid-walk, from inside
+    the walk itself, so no timing is involved."""
+    import sqlite3
+    import threading
+
+    from axlpy import _transfer
+
+    _wide_tree(tmp_path / "src", dirs=4, per_dir=3000)
+    other_t = journal.create("other", "sync")
+    seen: dict[str, object] = {}
+    real_walk = _transfer.walk_source
+
+    def walk(*args, **kwargs):
+        for i, row in enumerate(real_walk(*args, **kwargs)):
+            if i == 5000:  # several spool batches in
+                conn = sqlite3.connect(journal.path, timeout=0, isolation_level=None)
+                try:
+                    conn.execute("BEGIN IMMEDIATE")
+                    conn.execute("ROLLBACK")
+                    seen["process"] = "ok"
+                except sqlite3.OperationalError as exc:
+                    seen["process"] = str(exc)
+                finally:
+                    conn.close()
+                done = threading.Event()
+
+                def commit(done: threading.Event = done) -> None:
+                    other_t.free()  # a journal commit from another thread
+                    done.set()
+
+                th = threading.Thread(target=commit, daemon=True)
+                th.start()
+                seen["thread"] = done.wait(60)  # a bound on failure, not a sync
+            yield row
+
+    monkeypatch.setattr(_transfer, "walk_source", walk)
+    t = journal.create("big", "sync")
+    n = t.add(tmp_path / "src", tmp_path / "dst")
+    assert seen == {"process": "ok", "thread": True}
+    assert n == 4 * 3000 + 4 + 1 and len(t.files()) == n
+    assert "other" not in [x.name for x in journal.transfers()]
+
+
+def test_add_interrupted_by_its_walk_adds_nothing_and_leaves_no_spool(journal, tmp_path,
+                                                                      monkeypatch):
+    from axlpy import _transfer
+
+    _wide_tree(tmp_path / "src", dirs=3, per_dir=1000)
+    real_walk = _transfer.walk_source
+
+    def walk(*args, **kwargs):
+        for i, row in enumerate(real_walk(*args, **kwargs)):
+            if i == 2500:
+                raise OSError(5, "Input/output error (injected mid-walk)")
+            yield row
+
+    monkeypatch.setattr(_transfer, "walk_source", walk)
+    t = journal.create("t", "sync")
+    with pytest.raises(axlpy.AxlError, match="injected mid-walk"):
+        t.add(tmp_path / "src", tmp_path / "dst")
+    assert t.files() == []
+    assert [e["event"] for e in t.events()].count("add") == 0
+    conn = journal.db.conn
+    assert conn.execute("SELECT name FROM sqlite_temp_master").fetchall() == []
+    assert not conn.in_transaction
