@@ -918,10 +918,24 @@ class Driver:
         """
         state = self._state()
         if state is _T.RENAMED:
+            if not self.opts.move and self._cancel_died_after_renamed():
+                # Published files may be gone: never COMPLETED over them. The run's
+                # owner (Transfer._start) finishes the cancel on this error.
+                raise CancelFinishedOnResume(
+                    f"transfer {self.t.name!r} was being cancelled when a process died; "
+                    "resume finished the cancel", transfer=self.t.name)
             self.finish()
             return
         with self._failing():
             self._recover(recheck_source)
+
+    def _cancel_died_after_renamed(self) -> bool:
+        """Did a cancel begin (``cancel-begin``) after the transfer was RENAMED?"""
+        last = {"renamed": -1, "cancel-begin": -1}
+        for i, e in enumerate(self.jdb.events(self.t.id)):
+            if e["event"] in last:
+                last[e["event"]] = i
+        return last["cancel-begin"] > last["renamed"]
 
     def _recover(self, recheck_source: bool) -> None:
         jdb, tid = self.jdb, self.t.id
@@ -1286,6 +1300,11 @@ def _published_matches(dfd: int, name: bytes, r: FileRow, buf: bytearray) -> boo
     finally:
         os.close(fd)
     return n == r.size and got == r.crc32c
+
+
+class CancelFinishedOnResume(TransferCancelledError):
+    """Resume found a cancel that died after RENAMED: the run's owner finishes the cancel
+    and reports this error (resume did not complete the transfer)."""
 
 
 class _Abandoned(TransferCancelledError):

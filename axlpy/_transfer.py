@@ -525,13 +525,17 @@ class Transfer:
             try:
                 try:
                     body(driver)
-                except TransferCancelledError:
+                except TransferCancelledError as cancelled:
                     # cancel(), or an operator's "cancel" through the flag file: this
                     # thread owns the transfer, so it undoes it on disk itself (unless
                     # the run was abandoned: then the reaper does, once this has ended).
                     if (self.state is not _T.CANCELLED and not self._interrupted
                             and not driver.fence.is_set()):
                         self._cancel_report = driver.cancel_on_disk()
+                    from ._driver import CancelFinishedOnResume
+
+                    if isinstance(cancelled, CancelFinishedOnResume):
+                        self._error = cancelled  # resume() / wait() must not look done
             except BaseException as exc:
                 if not driver.fence.is_set():
                     self._error = exc
