@@ -221,6 +221,8 @@ def test_fresh_journal_has_the_migrated_schema(tmp_path):
     schema = "SELECT type, name, sql FROM sqlite_master ORDER BY name"
     assert _raw(new, schema) == _raw(old, schema)
     assert _raw(new, "PRAGMA user_version") == _raw(old, "PRAGMA user_version")
+    assert _raw(new, "PRAGMA application_id") == _raw(old, "PRAGMA application_id")
+    assert _raw(new, "PRAGMA journal_mode") == [("wal",)]
 
 
 def test_newer_journal_is_refused_naming_both_versions(journal_path):
