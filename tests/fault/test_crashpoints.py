@@ -73,3 +73,26 @@ def test_registry_matches_code() -> None:
     in_code = code_crash_points()
     assert in_code - set(CRASH_POINTS) == set(), "crash_point names missing from registry"
     assert set(CRASH_POINTS) - in_code == set(), "registered points never called"
+
+
+def test_tamper_moves_to_the_next_hit_when_the_group_held_nothing_to_corrupt(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first publish group's content depends on the order files finished (a 0-byte
+    file can be all of it): the corrupt-tamper case then takes the next hit instead of
+    failing the sweep on its own precondition. The first crash here really published
+    content; the tamper is made to report nothing once, as such a group would."""
+    from fault_injection import sweeps
+
+    real, calls = sweeps._tamper, []
+
+    def nothing_the_first_time(lay: object, how: str) -> list[str]:
+        calls.append(how)
+        return [sweeps._NOTHING_TO_CORRUPT] if len(calls) == 1 else real(lay, how)
+
+    monkeypatch.setattr(sweeps, "_tamper", nothing_the_first_time)
+    res = KillCase(SCENARIOS["tree"], TYPES[0], "publish.after_commit", 1, "resume",
+                   tamper="corrupt", sweep="g:tamper")()
+    assert calls == ["corrupt", "corrupt"]
+    assert "publish.after_commit#2/" in res.case, res.case
+    assert res.skipped is None, res.outcome  # the tree publishes in two groups
+    assert res.ok, "\n".join([res.outcome, *res.problems])
