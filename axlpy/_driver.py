@@ -45,7 +45,7 @@ from ._errors import (
 from ._fdbudget import fd_budget
 from ._groupsync import GroupSync
 from ._identity import changes as identity_changes, check_unchanged
-from ._journal import FileRow, JournalDB, SourceStat, TransferRow
+from ._journal import DispatchRow, FileDispatch, FileRow, JournalDB, LinkDispatch, TransferRow
 from ._metadata import apply_dir, apply_link
 from ._planted import planted
 from ._retry import RetryEvent
@@ -61,7 +61,7 @@ from ._state import FileState, TransferState
 from .engines import Engine, StageContext, StageResult, StageTask, stage_chunk_size
 from .io import IOQueue
 
-__all__ = ["Driver", "Progress", "assign_temps", "restat_sources"]
+__all__ = ["Driver", "Progress", "dispatch_rows"]
 
 _F = FileState
 _T = TransferState
@@ -1382,36 +1382,35 @@ def _transitions_from(state: TransferState) -> Iterable[TransferState]:
     return TRANSITIONS[state]
 
 
-def assign_temps(rows: Sequence[FileRow], token: str, tid: int
-                 ) -> Iterator[tuple[int, bytes]]:
-    """Give each file and symlink row its temp name, in memory, and return ``(file id,
-    temp basename)`` of each for dispatch to journal (made as they are consumed)."""
-    from ._staging import temp_name
-
-    for r in rows:
-        if r.kind != "dir":
-            r.tmp = temp_name(r.rel.rpartition(b"/")[2], token, tid, r.id)
-    return ((r.id, r.tmp) for r in rows if r.kind != "dir" and r.tmp is not None)
-
-
-def restat_sources(rows: Sequence[FileRow]) -> Iterator[SourceStat]:
-    """Record each source's identity as of dispatch in its row, in memory (one ``stat``
-    per source: size, mtime, mode, ctime, inode, device; :mod:`axlpy._identity`), and
-    return a :class:`SourceStat` of each for dispatch to journal; raises BadSourceError
-    naming a source that vanished or changed kind since add()."""
+def dispatch_rows(rows: Sequence[DispatchRow], token: str, tid: int
+                  ) -> tuple[list[FileDispatch], list[LinkDispatch]]:
+    """What dispatch journals of a batch of rows, in one pass: for each regular file its
+    source's identity as of dispatch (one ``stat``: size, mtime, mode, ctime, inode,
+    device; :mod:`axlpy._identity`) and its temp name, for each symlink its temp name.
+    Raises BadSourceError naming a source that vanished or changed kind since add().
+    Temp names are bytearray: sqlite3 binds that without the adapter lookup it makes
+    for each bytes value (stored as the same BLOB)."""
     from ._errors import BadSourceError
 
-    for r in rows:
-        if r.kind != "file":
+    files: list[FileDispatch] = []
+    links: list[LinkDispatch] = []
+    isreg = stat.S_ISREG
+    for fid, kind, src, rel in rows:
+        if kind == "dir":
+            continue
+        if type(src) is not bytes or type(rel) is not bytes:  # a row edited by hand
+            src, rel = os.fsencode(src), os.fsencode(rel)
+        tmp = bytearray(temp_name(rel.rpartition(b"/")[2], token, tid, fid))
+        if kind != "file":
+            links.append((tmp, fid))
             continue
         try:
-            st = os.stat(r.src)
+            st = os.stat(src)
         except FileNotFoundError:
-            raise BadSourceError(f"source {os.fsdecode(r.src)!r} vanished before "
+            raise BadSourceError(f"source {os.fsdecode(src)!r} vanished before "
                                  "dispatch") from None
-        if not stat.S_ISREG(st.st_mode):
-            raise BadSourceError(f"source {os.fsdecode(r.src)!r} is no longer a file")
-        r.size, r.mtime_ns, r.mode = st.st_size, st.st_mtime_ns, st.st_mode & 0o7777
-        r.ctime_ns, r.ino, r.dev = st.st_ctime_ns, st.st_ino, st.st_dev
-    return (SourceStat(r.id, r.size, r.mtime_ns, r.mode, r.ctime_ns or 0, r.ino or 0,
-                       r.dev or 0) for r in rows if r.kind == "file")
+        if not isreg(st.st_mode):
+            raise BadSourceError(f"source {os.fsdecode(src)!r} is no longer a file")
+        files.append((st.st_size, st.st_mtime_ns, st.st_mode & 0o7777, st.st_ctime_ns,
+                      st.st_ino, st.st_dev, tmp, fid))
+    return files, links

@@ -20,6 +20,10 @@ __all__ = ["Limits", "SourceRow", "walk_source"]
 
 SYMLINK_POLICIES = ("copy", "follow", "refuse")
 
+S_ISREG = stat.S_ISREG
+#: how a source directory is opened to stat its entries by name
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+
 
 @dataclass(frozen=True)
 class Limits:
@@ -153,50 +157,69 @@ def _walk_tree(src: bytes, dst: bytes, st: os.stat_result, symlinks: str,
             raise BadSourceError(f"source tree {os.fsdecode(src)!r} is nested deeper than "
                                  f"{limits.max_depth} levels")
         yield _row("dir", sdir, dprefix + rel if rel else dst, dst, rel, dst_st)
-        entries: list[os.DirEntry[bytes]] = []
         try:
-            with os.scandir(sdir) as it:
-                for e in it:
-                    # Counted while listing: one directory with millions of entries is
-                    # refused before its listing fills memory.
-                    if count + len(entries) >= limits.max_entries:
-                        raise BadSourceError(
-                            f"source tree {os.fsdecode(src)!r} has more than "
-                            f"{limits.max_entries} entries (Limits.max_entries)")
-                    entries.append(e)
+            # Each entry is stat'ed and checked by name through this fd: the directory's
+            # path is resolved once, not once per entry (0.5 us of a 100k-file add).
+            dfd = os.open(sdir, _DIR_FLAGS)
         except OSError as exc:
             raise BadSourceError(f"cannot list source directory {os.fsdecode(sdir)!r}: "
                                  f"{exc.strerror}") from exc
-        # Taken from the end of a reversed sort: each entry (and the stat it caches) is
-        # dropped as its row is made, so a 100k-entry directory is not held twice.
-        entries.sort(key=lambda e: e.name, reverse=True)
-        subdirs = []
-        while entries:
-            e = entries.pop()
-            count += 1
-            if count > limits.max_entries:
-                raise BadSourceError(f"source tree {os.fsdecode(src)!r} has more than "
-                                     f"{limits.max_entries} entries (Limits.max_entries)")
-            path = e.path
-            erel = rel + b"/" + e.name if rel else e.name
-            est = e.stat(follow_symlinks=False)
-            if stat.S_ISLNK(est.st_mode):
-                if symlinks == "refuse":
-                    raise BadSourceError(f"source {os.fsdecode(path)!r} is a symlink and "
-                                         "the symlink policy is 'refuse'")
-                if symlinks == "copy":
-                    yield _row("symlink", path, dprefix + erel, dst, erel, est,
-                               os.readlink(path))
+        try:
+            entries: list[os.DirEntry[bytes]] = []
+            try:
+                with os.scandir(sdir) as it:
+                    for e in it:
+                        # Counted while listing: one directory with millions of entries
+                        # is refused before its listing fills memory.
+                        if count + len(entries) >= limits.max_entries:
+                            raise BadSourceError(
+                                f"source tree {os.fsdecode(src)!r} has more than "
+                                f"{limits.max_entries} entries (Limits.max_entries)")
+                        entries.append(e)
+            except OSError as exc:
+                raise BadSourceError(f"cannot list source directory "
+                                     f"{os.fsdecode(sdir)!r}: {exc.strerror}") from exc
+            # Taken from the end of a reversed sort: each entry is dropped as its row is
+            # made, so a 100k-entry directory is not held twice.
+            entries.sort(key=lambda e: e.name, reverse=True)
+            subdirs = []
+            while entries:
+                e = entries.pop()
+                count += 1
+                if count > limits.max_entries:
+                    raise BadSourceError(f"source tree {os.fsdecode(src)!r} has more than "
+                                         f"{limits.max_entries} entries (Limits.max_entries)")
+                name = e.name
+                path = e.path
+                erel = rel + b"/" + name if rel else name
+                est = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+                m = est.st_mode
+                if S_ISREG(m):  # the common case, inline: _kind, _check_readable, _row
+                    if not os.access(name, os.R_OK, dir_fd=dfd):
+                        raise BadSourceError(f"source {os.fsdecode(path)!r} is not readable "
+                                             "(permission denied)")
+                    yield ("file", path, dprefix + erel, dst, erel, est.st_size,
+                           est.st_mtime_ns, m & 0o7777, est.st_uid, est.st_gid, None)
                     continue
-                path, est = _follow(path)
-            k = _kind(est, path)
-            if k == "dir":
-                key = (est.st_dev, est.st_ino)
-                if key in seen:
-                    raise BadSourceError(f"symlink loop at {os.fsdecode(path)!r}")
-                seen.add(key)
-                subdirs.append((path, erel, depth + 1, est))
-            else:
-                _check_readable(path)
-                yield _row("file", path, dprefix + erel, dst, erel, est)
+                if stat.S_ISLNK(m):
+                    if symlinks == "refuse":
+                        raise BadSourceError(f"source {os.fsdecode(path)!r} is a symlink "
+                                             "and the symlink policy is 'refuse'")
+                    if symlinks == "copy":
+                        yield _row("symlink", path, dprefix + erel, dst, erel, est,
+                                   os.readlink(path))
+                        continue
+                    path, est = _follow(path)
+                k = _kind(est, path)
+                if k == "dir":
+                    key = (est.st_dev, est.st_ino)
+                    if key in seen:
+                        raise BadSourceError(f"symlink loop at {os.fsdecode(path)!r}")
+                    seen.add(key)
+                    subdirs.append((path, erel, depth + 1, est))
+                else:
+                    _check_readable(path)
+                    yield _row("file", path, dprefix + erel, dst, erel, est)
+        finally:
+            os.close(dfd)
         stack.extend(reversed(subdirs))

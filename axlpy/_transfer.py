@@ -29,7 +29,7 @@ from ._errors import (
     TransferCancelledError,
     UsageError,
 )
-from ._journal import FileRow, JournalDB, SourceStat, TransferRow
+from ._journal import DispatchRow, FileDispatch, FileRow, JournalDB, LinkDispatch, TransferRow
 from ._lease import HEARTBEAT, Owner
 from ._retry import InterventionController, RetryPolicy, call_persistently
 from ._sources import DST, KIND, ROOT, SRC, Limits, walk_source
@@ -409,16 +409,14 @@ class Transfer:
                                          _T.DISPATCHED.value)
         if not self.journal.db.count_files(row.id):
             raise UsageError(f"transfer {self.name!r} has no files; add() some first")
-        from ._driver import assign_temps, restat_sources
+        from ._driver import dispatch_rows
 
-
-        def prepare(batch: list[FileRow]) -> tuple[Iterator[tuple[int, bytes]],
-                                                    Iterator[SourceStat]]:
+        def prepare(batch: list[DispatchRow]) -> tuple[list[FileDispatch],
+                                                       list[LinkDispatch]]:
             # Each batch of rows read inside the dispatch transaction gets its dispatch
             # stat and temp names; the run reads them back a batch at a time, so 100k
             # rows are never held (issue 14.4).
-            sources = restat_sources(batch)  # stats now, raises BadSourceError now
-            return assign_temps(batch, row.token, row.id), sources
+            return dispatch_rows(batch, row.token, row.id)  # stats now, raises now
 
         self.journal.db.dispatch(row.id, owner=Owner.me(row.options.lease_timeout),
                                  name=self.name, prepare=prepare)

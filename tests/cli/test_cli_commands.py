@@ -270,13 +270,13 @@ def test_resume_refused_while_owner_alive(jpath, tree, tmp_path):
         t = j.create("mine", "sync")
         t.add(tree, tmp_path / "o")
         # Journal this (live) test process as the owner of a DISPATCHED transfer.
-        from axlpy._driver import assign_temps
+        from axlpy._driver import dispatch_rows
         from axlpy._journal import Owner
 
         row = j.db.transfer("mine")
         assert row is not None
         j.db.dispatch(row.id, owner=Owner.me(), name="mine",
-                      prepare=lambda batch: (assign_temps(batch, row.token, row.id), []))
+                      prepare=lambda batch: dispatch_rows(batch, row.token, row.id))
     finally:
         j.close()
     r = run_sub(jpath, "resume", "mine")

@@ -26,14 +26,25 @@ def test_missing_source(journal, tmp_path):
 
 
 @pytest.mark.skipif(os.getuid() != 0, reason="needs root to switch to user nobody")
-def test_unreadable_source_as_other_user():
+@pytest.mark.parametrize("inside", ["", "tree/sub"])
+def test_unreadable_source_as_other_user(inside):
+    """A file the user cannot read, added by itself or deep inside an added tree (the
+    walk checks entries by name through a directory fd): refused, named by its path."""
     base = tempfile.mkdtemp(prefix="axlpy-unreadable-")
     try:
         os.chmod(base, 0o755)
-        secret = os.path.join(base, "secret")
+        if inside:
+            os.makedirs(os.path.join(base, inside), mode=0o755)
+            for d in ("tree", inside):
+                os.chmod(os.path.join(base, d), 0o755)
+            with open(os.path.join(base, inside, "readable"), "wb") as f:
+                f.write(b"anyone")
+            os.chmod(os.path.join(base, inside, "readable"), 0o644)
+        secret = os.path.join(base, inside, "secret")
         with open(secret, "wb") as f:
             f.write(b"root only")
         os.chmod(secret, 0o600)
+        added = os.path.join(base, "tree") if inside else secret
         work = os.path.join(base, "work")
         os.mkdir(work, 0o700)
         os.chown(work, 65534, 65534)
@@ -42,7 +53,7 @@ def test_unreadable_source_as_other_user():
             j = axlpy.Journal({work!r} + "/j/journal.db")
             t = j.create("u", "sync")
             try:
-                t.add({secret!r}, {work!r} + "/out")
+                t.add({added!r}, {work!r} + "/out")
             except axlpy.BadSourceError as e:
                 print("ERR", e)
         """)
