@@ -613,7 +613,9 @@ class InterventionController:
     def _raise_if_cancelled(
         self, what: str, transfer: str | None, path: str | None, last: BaseException | None
     ) -> None:
-        if self.cancelled:
+        # Read without the lock (once per engine read and write; a flag set under it is
+        # seen at once, and a cancel right after this check is seen by the next one).
+        if self._cancelled:
             raise TransferCancelledError(
                 f"{what}: cancelled", transfer=transfer, path=path
             ) from last

@@ -200,6 +200,38 @@ def same_entry(dir_fd: int, name: bytes, st: os.stat_result) -> bool:
     return (now.st_dev, now.st_ino) == (st.st_dev, st.st_ino)
 
 
+class _Pinned:
+    """:meth:`DirCache.pinned`: the directory's fd, pinned from ``__enter__`` to
+    ``__exit__``. A class, not a generator: entered once per small file, the generator's
+    machinery cost more than the pin itself."""
+
+    __slots__ = ("_cache", "_key", "_rel", "_root")
+
+    def __init__(self, cache: DirCache, root: bytes, rel: bytes) -> None:
+        self._cache = cache
+        self._root = root
+        self._rel = rel
+        self._key = b""
+
+    def __enter__(self) -> int:
+        cache, root, rel = self._cache, self._root, self._rel
+        with cache._lock:
+            fd = cache.open(root, rel)
+            key = self._key = os.path.join(root, rel) if rel else root
+            cache._pins[key] = cache._pins.get(key, 0) + 1
+        return fd
+
+    def __exit__(self, *exc: object) -> None:
+        cache, key = self._cache, self._key
+        with cache._lock:
+            n = cache._pins[key] - 1
+            if n:
+                cache._pins[key] = n
+            else:
+                del cache._pins[key]
+                cache._evict()
+
+
 class DirCache:
     """Open directory fds for destination directories, at most ``max_open`` at a time.
 
@@ -266,23 +298,9 @@ class DirCache:
             self._evict(keep=key)
             return fd
 
-    @contextmanager
-    def pinned(self, root: bytes, rel: bytes = b"") -> Iterator[int]:
+    def pinned(self, root: bytes, rel: bytes = b"") -> _Pinned:
         """The fd of ``root/rel`` (as :meth:`open`), never closed while inside the block."""
-        with self._lock:
-            fd = self.open(root, rel)
-            key = os.path.join(root, rel) if rel else root
-            self._pins[key] = self._pins.get(key, 0) + 1
-        try:
-            yield fd
-        finally:
-            with self._lock:
-                n = self._pins[key] - 1
-                if n:
-                    self._pins[key] = n
-                else:
-                    del self._pins[key]
-                    self._evict()
+        return _Pinned(self, root, rel)
 
     def _evict(self, keep: bytes | None = None) -> None:
         """Close least recently used unpinned fds while more than ``max_open`` are open."""

@@ -183,17 +183,26 @@ class PthreadEngine(Engine):
 
         # Results not yet taken by the consumer are bounded: a worker takes a task only
         # when fewer than _MAX_UNTAKEN results wait, so a slow consumer (the driver
-        # publishing a group) does not make the rows in memory grow (issue 14.4).
-        untaken = threading.BoundedSemaphore(_MAX_UNTAKEN)
+        # publishing a group) does not make the rows in memory grow (issue 14.4). The
+        # bound is a queue of _MAX_UNTAKEN tokens: a worker takes one per task, the
+        # consumer gives it back per result taken (a C-level queue: a Python semaphore's
+        # Condition cost more per small file than its copy's own Python).
+        tokens: _queue.SimpleQueue[None] = _queue.SimpleQueue()
+        for _ in range(_MAX_UNTAKEN):
+            tokens.put(None)
 
         def next_task() -> StageTask | None:
-            while not untaken.acquire(timeout=_POLL):
-                if should_stop():
-                    return None
+            while True:
+                try:
+                    tokens.get(timeout=_POLL)
+                    break
+                except _queue.Empty:
+                    if should_stop():
+                        return None
             with lock:
                 task = None if should_stop() else next(todo, None)
             if task is None:
-                untaken.release()
+                tokens.put(None)
             return task
 
         def work(i: int) -> None:
@@ -256,7 +265,7 @@ class PthreadEngine(Engine):
                 if isinstance(item, BaseException):
                     raise item
                 assert isinstance(item, StageResult)
-                untaken.release()
+                tokens.put(None)
                 yield item
             if ctx.cancel.is_set():
                 raise TransferCancelledError("transfer cancelled while copying")
