@@ -139,3 +139,27 @@ def test_dircache_bounds_open_fds_and_never_closes_a_pinned_one(tmp_path: Path) 
         # Closed ones are walked to again on demand.
         assert os.fstat(dirs.open(root, b"d1")).st_ino == os.stat(tmp_path / "d1").st_ino
     assert len(os.listdir("/proc/self/fd")) == before
+
+
+def test_dircache_pin_is_released_when_the_block_raises(tmp_path: Path) -> None:
+    """A block that raises still unpins its directory (nested pins counted), so the fd
+    budget can close it afterwards; the error propagates unchanged."""
+    from axlpy._staging import DirCache
+
+    root = os.fsencode(tmp_path)
+    for i in range(6):
+        (tmp_path / f"d{i}").mkdir()
+    with DirCache(mkdirs=False, max_open=2) as dirs:
+        with pytest.raises(KeyError, match="boom"), dirs.pinned(root, b"d0") as fd0:
+            with dirs.pinned(root, b"d0") as again:
+                assert again == fd0
+            for i in range(1, 6):  # d0 stays pinned by the outer block
+                with dirs.pinned(root, b"d%d" % i):
+                    pass
+            assert os.fstat(fd0).st_ino == os.stat(tmp_path / "d0").st_ino
+            raise KeyError("boom")
+        assert dirs._pins == {}
+        for i in range(1, 6):  # d0 unpinned: evicted like any other
+            dirs.open(root, b"d%d" % i)
+        assert os.path.join(root, b"d0") not in dirs._fds
+        assert len(dirs._fds) <= 2
