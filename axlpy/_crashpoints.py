@@ -35,8 +35,8 @@ CRASH_POINTS: dict[str, str] = {
     "stage.after_create_temp": "temp file created (O_EXCL), nothing written",
     "stage.after_write": "a chunk written to the temp file, not fsynced",
     "stage.after_extent_commit": "a group of verified extents is durable in the journal",
-    "stage.after_fsync": "temp file fully written and fsynced (batched: sealed, not yet "
-                         "durable; the batch's syncfs covers it)",
+    "stage.after_fsync": "temp file fully written and fsynced (batched, not a large file: "
+                         "sealed, not yet durable; the batch's syncfs covers it)",
     "stage.after_syncfs": "the batch's syncfs returned: its temps and new directories are "
                           "durable, nothing of it journaled or renamed yet",
     "stage.after_commit": "a batch of files STAGED (size, CRC32C) is durable",

@@ -562,7 +562,8 @@ class Driver:
         late_sync = not synced and planted("rename_before_syncfs")
         self._check_fence()
         if not late_sync:
-            self._make_durable([] if synced else group, group[0].task.dirs)
+            self._make_durable([] if synced else [r for r in group if not r.synced],
+                               group[0].task.dirs)
         if not already_staged and not bad_order:
             self._commit_staged(group)
         touched: dict[tuple[bytes, bytes], None] = {}

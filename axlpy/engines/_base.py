@@ -60,6 +60,9 @@ class StageResult:
     size: int
     #: bytes actually copied in this run (less than size after a verified mid-file resume)
     copied: int
+    #: the engine fsynced the temp itself although the batch's ``syncfs`` would have
+    #: covered it (a large file: ``FileStager.seal``), so the batch need not cover it
+    synced: bool = False
 
 
 @dataclass
@@ -81,7 +84,8 @@ class StageContext:
     #: most files an engine may have open at once (2 fds each; see ``axlpy._fdbudget``)
     max_open_files: int = 64
     #: batched durability: the driver's ``syncfs`` per batch makes each temp durable, so
-    #: the stager seals a temp without fsyncing it (``docs/design.md``)
+    #: the stager seals a temp without fsyncing it, a large one excepted
+    #: (``StageResult.synced``; ``docs/design.md``)
     defer_fsync: bool = False
     #: how many tasks ``stage`` is given, when they come as an iterator (for sizing the
     #: engine only: an engine stops when the iterator ends, not after this many)

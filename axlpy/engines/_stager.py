@@ -29,7 +29,9 @@ everything that makes a temp trustworthy, so it is written and proven once:
    ``stage.after_fsync``), and both fds closed. The result is the file's CRC32C. On the
    batched path (``StageContext.defer_fsync``, local filesystems) the temp is closed
    without an fsync: the driver's one ``syncfs`` per batch covers it before anything
-   is journaled or renamed (``docs/design.md``, "Batched durability").
+   is journaled or renamed (``docs/design.md``, "Batched durability") — except a large
+   file (write-behind hints on), fsynced all the same, then its pages dropped; its
+   result says so (``StageResult.synced``) and the batch leaves it out.
 
 A file below one chunk (:meth:`~FileStager.fits`) is staged in one step instead,
 :meth:`~FileStager.copy_small`, on the calling thread: open the source, read it whole
@@ -350,9 +352,9 @@ class FileStager:
                 os.ftruncate(self.tmp_fd, size)
             self.written(0, size)
         self.apply_metadata()
-        self.seal()
+        synced = self.seal()
         self.close()
-        return StageResult(task, self.crc, size, size)
+        return StageResult(task, self.crc, size, size, synced)
 
     def _map_data(self, fd: int, st: os.stat_result | None = None) -> None:
         """Map the data regions of a sparse source (one ``fstat`` for a dense one, none
@@ -514,16 +516,27 @@ class FileStager:
         if self._data is not None:
             os.ftruncate(self.tmp_fd, self.size)  # a trailing hole: the file's full size
         self.apply_metadata()
-        self.seal()
+        synced = self.seal()
         self.close()
-        return StageResult(task, self.crc, self.size, self.size - task.resume_from)
+        return StageResult(task, self.crc, self.size, self.size - task.resume_from, synced)
 
-    def seal(self) -> None:
+    def seal(self) -> bool:
         """Make the finished temp durable: fsync it, or on the batched path
-        (``StageContext.defer_fsync``) leave that to the batch's ``syncfs``."""
-        if not self.ctx.defer_fsync and not planted("rename_before_fsync"):
+        (``StageContext.defer_fsync``) leave that to the batch's ``syncfs`` — except a
+        large file (write-behind hints on, at least two steps), fsynced here all the
+        same: most of it is written back already, and a ``syncfs`` while other large
+        temps are being written flushes their pages under their writers
+        (docs/design.md, "Batched durability"). Once fsynced, a large temp's pages are
+        clean and dropped (``temp-dontneed``), so the next files reuse them. Returns
+        whether the temp was fsynced on the batched path (``StageResult.synced``: its
+        batch need not cover it)."""
+        own = self.ctx.defer_fsync and self._wb is not None
+        if (not self.ctx.defer_fsync or own) and not planted("rename_before_fsync"):
             fsync_fd(self.tmp_fd)
+            if self._wb is not None and self._wb.drop_temp:
+                _writeback.drop_pages(self.tmp_fd, 0, 0)
         crash_point("stage.after_fsync")
+        return own
 
     def check_source_unchanged(self) -> None:
         """After the copy: the source must not have grown, been truncated or rewritten

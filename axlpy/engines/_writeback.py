@@ -8,8 +8,9 @@ overlaps the copying of the next ones. The source may in addition be read with
 ``POSIX_FADV_SEQUENTIAL`` (larger read-ahead) and its pages dropped once checksummed
 (``POSIX_FADV_DONTNEED``), and the temp's pages dropped one step after their writeback
 was started (``POSIX_FADV_DONTNEED`` drops only clean pages, so pages still being
-written stay). Which of these pay was measured (docs/benchmarks.md,
-"Write-behind"); the defaults are what helped there.
+written stay), and all of them once the temp is fsynced (``FileStager.seal``). Which
+of these pay was measured (docs/benchmarks.md, "Write-behind"); the defaults are what
+helped there.
 
 Some facts this relies on:
 

@@ -17,9 +17,12 @@ import pytest
 import axlpy
 import axlpy._driver as driver_mod
 import axlpy._groupsync as gs_mod
+import axlpy.engines
+import axlpy.engines._writeback as wb_mod
 from axlpy._fstype import statfs_magic
 from axlpy._staging import TEMP_PATTERN
-from tests.conftest import temp_files, tree_bytes, write_tree
+from axlpy.engines import ENGINE_TYPES
+from tests.conftest import temp_files, tree_bytes, type_params, write_tree
 
 T = axlpy.TransferState
 N = 300  # files: two batches of at most 256
@@ -225,3 +228,58 @@ def test_syncfs_reports_errno(tmp_path):
     with pytest.raises(OSError, match="Bad file descriptor") as ei:
         gs_mod.syncfs(fd)  # closed: EBADF from the kernel, not a silent 0
     assert ei.value.errno == errno.EBADF
+
+
+@pytest.mark.parametrize("typ", type_params(ENGINE_TYPES))
+def test_large_temps_are_fsynced_by_their_engine_not_by_the_batch(journal, tmp_path,
+                                                                  monkeypatch, typ):
+    """Issue 14, 64 x 32 MiB: on the batched path a large temp (write-behind on, at least
+    two steps) is fsynced once by its engine, then its pages are dropped whole; the
+    batch's ``syncfs`` is not asked to cover it (a ``syncfs`` while large temps are
+    written flushes their pages under their writers). Small temps stay on the batch."""
+    step = 1 << 20
+    monkeypatch.setattr(wb_mod, "settings",
+                        lambda: wb_mod.WriteBehind(step=step, dontneed=True, drop_temp=True))
+    files = {"big1": os.urandom(3 * step + 17), "d/big2": os.urandom(2 * step),
+             "small": b"tiny"}
+    src = tmp_path / "src"
+    write_tree(src, files)
+    events: list[tuple[str, str, int, int]] = []
+    calls = Calls(monkeypatch)
+    real_fsync, real_drop = os.fsync, wb_mod.drop_pages
+    covered: list[list[str]] = []
+    real_durable = driver_mod.Driver._make_durable
+
+    def fsync(fd: int) -> None:
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}"), 0, 0))
+        real_fsync(fd)
+
+    def drop(fd: int, off: int, n: int) -> None:
+        events.append(("drop", os.readlink(f"/proc/self/fd/{fd}"), off, n))
+        real_drop(fd, off, n)
+
+    def make_durable(drv: driver_mod.Driver, group: list[axlpy.engines.StageResult],
+                     dirs: object) -> None:
+        covered.append([os.path.basename(os.fsdecode(r.task.row.rel)) for r in group])
+        real_durable(drv, group, dirs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(wb_mod, "drop_pages", drop)
+    monkeypatch.setattr(driver_mod.Driver, "_make_durable", make_durable)
+    t = journal.create("t", typ)
+    t.add(src, tmp_path / "dst")
+    t.dispatch()
+    t.wait()
+    assert t.state is T.COMPLETED
+    assert tree_bytes(tmp_path / "dst") == tree_bytes(src)
+    temps = calls.temp_fsyncs()
+    for big in ("/.big1.axlpy-", "/d/.big2.axlpy-"):
+        mine = [p for p in temps if big in p]
+        assert len(mine) == 1, (big, temps)
+        # after its fsync, the temp's pages are dropped whole (offset 0, to the end)
+        at = events.index(("fsync", mine[0], 0, 0))
+        assert ("drop", mine[0], 0, 0) in events[at:], events
+    assert not any("/.small.axlpy-" in p for p in temps)  # the batch's syncfs covers it
+    assert calls.syncfs >= 1
+    assert not any(name.startswith("big") for g in covered for name in g), covered
+    assert ["small"] in covered
