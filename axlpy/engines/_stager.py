@@ -30,7 +30,7 @@ everything that makes a temp trustworthy, so it is written and proven once:
    batched path (``StageContext.defer_fsync``, local filesystems) the temp is closed
    without an fsync: the driver's one ``syncfs`` per batch covers it before anything
    is journaled or renamed (``docs/design.md``, "Batched durability") — except a large
-   file (write-behind hints on), fsynced all the same, then its pages dropped; its
+   file (at least two write-behind steps), fsynced all the same, then its pages dropped; its
    result says so (``StageResult.synced``) and the batch leaves it out.
 
 A file below one chunk (:meth:`~FileStager.fits`) is staged in one step instead,
@@ -523,7 +523,7 @@ class FileStager:
     def seal(self) -> bool:
         """Make the finished temp durable: fsync it, or on the batched path
         (``StageContext.defer_fsync``) leave that to the batch's ``syncfs`` — except a
-        large file (write-behind hints on, at least two steps), fsynced here all the
+        large file (at least two write-behind steps), fsynced here all the
         same: most of it is written back already, and a ``syncfs`` while other large
         temps are being written flushes their pages under their writers
         (docs/design.md, "Batched durability"). Once fsynced, a large temp's pages are

@@ -233,7 +233,7 @@ def test_syncfs_reports_errno(tmp_path):
 @pytest.mark.parametrize("typ", type_params(ENGINE_TYPES))
 def test_large_temps_are_fsynced_by_their_engine_not_by_the_batch(journal, tmp_path,
                                                                   monkeypatch, typ):
-    """Issue 14, 64 x 32 MiB: on the batched path a large temp (write-behind on, at least
+    """Issue 14, 64 x 32 MiB: on the batched path a large temp (at least
     two steps) is fsynced once by its engine, then its pages are dropped whole; the
     batch's ``syncfs`` is not asked to cover it (a ``syncfs`` while large temps are
     written flushes their pages under their writers). Small temps stay on the batch."""
