@@ -599,25 +599,17 @@ class JournalDB:
         set_file = ("UPDATE files SET size = ?, mtime_ns = ?, mode = ?, src_ctime_ns = ?,"
                     f" src_ino = ?, src_dev = ?, tmp = ? WHERE id = ? AND transfer_id = {tid}")
         set_link = f"UPDATE files SET tmp = ? WHERE id = ? AND transfer_id = {tid}"
-        q = ("SELECT id, kind, src, rel FROM files WHERE +transfer_id = ? AND id > ?"
-             " ORDER BY id LIMIT ?")
         with self.transaction():
             self._set_state(tid, TransferState.CREATED, TransferState.DISPATCHED,
                             event="dispatch", detail=None, error=None, owner=owner,
                             name=name)
             conn = self.conn
-            last = -1
-            while True:
-                batch: list[DispatchRow] = conn.execute(q, (tid, last, FILE_BATCH)).fetchall()
-                if not batch:
-                    break
+            for batch in self._id_batches("id, kind, src, rel", "+transfer_id = ?", (tid,),
+                                          FILE_BATCH):
                 n += len(batch)
-                last = batch[-1][0]
                 files, links = prepare(batch)
                 conn.executemany(set_file, files)
                 conn.executemany(set_link, links)
-                if len(batch) < FILE_BATCH:
-                    break
         return n
 
     def pause(self, tid: int, detail: str, *, name: str = "") -> bool:
@@ -904,29 +896,34 @@ class JournalDB:
         between batches, and holds ``batch`` rows, not 100,000 (issue 14.4). A row whose
         state changes before its batch is read is seen with its new state (or not at all,
         if ``state`` no longer matches)."""
-        where = "transfer_id = ? AND id > ?"
         args: list[Any] = [tid]
         if state is not None:
             # (transfer_id, state) index: its entries are in id order within a state
-            where = "transfer_id = ? AND state = ? AND id > ?"
+            where = "transfer_id = ? AND state = ?"
             args.append(state.value)
         else:
             # the rowid range, not the (transfer_id, dst) index (that would sort each batch)
-            where = "+transfer_id = ? AND id > ?"
+            where = "+transfer_id = ?"
         if kind is not None:
             where += " AND kind = ?"
-        q = f"SELECT {_FILE_COLS} FROM files WHERE {where} ORDER BY id LIMIT ?"
-        batch = batch or FILE_BATCH
+            args.append(kind)
+        return self._id_batches(_FILE_COLS, where, args, batch or FILE_BATCH, _file_row)
+
+    def _id_batches(self, cols: str, where: str, args: Sequence[Any], batch: int,
+                    make: Callable[[Any], Any] | None = None) -> Iterator[list[Any]]:
+        """``SELECT cols FROM files WHERE where`` in id order (``id`` first in ``cols``),
+        as lists of at most ``batch`` rows (each passed through ``make`` if given; the
+        raw tuples are dropped first, so one list per batch is alive), each list one
+        short query resuming after the last id seen (:meth:`file_batches`)."""
+        q = f"SELECT {cols} FROM files WHERE {where} AND id > ? ORDER BY id LIMIT ?"
         last = -1
         while True:
             with self._lock:
-                raw = self.conn.execute(
-                    q, (*args, last, *((kind,) if kind is not None else ()), batch)
-                ).fetchall()
+                raw = self.conn.execute(q, (*args, last, batch)).fetchall()
             if not raw:
                 return
             last = raw[-1][0]
-            rows = [_file_row(r) for r in raw]
+            rows = raw if make is None else [make(r) for r in raw]
             del raw
             yield rows
             if len(rows) < batch:
